@@ -1,0 +1,1 @@
+"""Framework-free PyTorch building blocks (no detectron2 / mmseg imports here)."""
