@@ -13,9 +13,7 @@ import logging
 import sys
 
 # name -> module providing add_parser(subparsers)
-SUBCOMMANDS: dict[str, str] = {
-    "compare-seg": "ganaug.tools_seg_compare",
-}
+SUBCOMMANDS: dict[str, str] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
