@@ -1,0 +1,1 @@
+"""Framework-free dataset readers (import the submodule you need)."""

@@ -1,0 +1,1 @@
+"""Evaluation helpers (import the submodule you need)."""
