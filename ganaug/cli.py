@@ -13,7 +13,9 @@ import logging
 import sys
 
 # name -> module providing add_parser(subparsers)
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "seg-compare": "ganaug.mmseg.main_job",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,24 @@
+"""mmsegmentation / mmengine adapter: importing it registers ganaug's components.
+
+Use it from a config with ``custom_imports = dict(imports=['ganaug.mmseg'],
+allow_failed_imports=False)``.
+"""
+
+from ganaug.mmseg.adversarial import (
+    AdversarialOptimWrapperConstructor,
+    AdversarialSegmentor,
+    median_frequency_from_dir,
+)
+from ganaug.mmseg.datasets import CAMVID_CLASSES, CamVidDataset
+from ganaug.mmseg.metrics import PerClassIoUMetric
+from ganaug.mmseg.validation import ValidateSegLabels
+
+__all__ = [
+    "AdversarialOptimWrapperConstructor",
+    "AdversarialSegmentor",
+    "CAMVID_CLASSES",
+    "CamVidDataset",
+    "PerClassIoUMetric",
+    "ValidateSegLabels",
+    "median_frequency_from_dir",
+]

@@ -1,0 +1,254 @@
+"""The main job: a plain segmentor vs the same segmentor trained adversarially, on CamVid.
+
+Trains each config with mmengine's Runner for the same budget and seed, evaluates on the
+val split with per-class IoU, and writes ``comparison.md``, ``comparison.json`` and
+``comparison.png`` into the output folder. Run it as ``ganaug seg-compare`` or through
+``tools/main_job.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import os.path as osp
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIGS = {
+    "baseline": "configs/adv_seg/fcn_unet-s4_1xb8-600it_camvid-120x160.py",
+    "adversarial": "configs/adv_seg/advseg-vanilla_fcn_unet-s4_1xb8-600it_camvid-120x160.py",
+}
+logger = logging.getLogger(__name__)
+
+
+def _resolve_config(path: str) -> str:
+    if osp.isfile(path):
+        return path
+    cand = REPO / path
+    if cand.is_file():
+        return str(cand)
+    raise FileNotFoundError(f"config {path!r} not found (also looked in {REPO})")
+
+
+def train_and_evaluate(
+    config: str,
+    work_dir: str,
+    *,
+    run_name: str,
+    max_iters: int | None = None,
+    seed: int = 0,
+    data_root: str | None = None,
+    cfg_options: dict | None = None,
+) -> dict:
+    """Train ``config`` from scratch and return the val per-class metrics dict."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    if data_root is not None:
+        os.environ["GANAUG_DATA_ROOT"] = str(data_root)
+    cfg = Config.fromfile(_resolve_config(config))
+    cfg.work_dir = work_dir
+    cfg.randomness = dict(seed=seed, deterministic=False)
+    json_path = osp.join(work_dir, "per_class_metrics.json")
+    cfg.val_evaluator.per_class_json = json_path
+    cfg.val_evaluator.run_name = run_name
+    if max_iters is not None:
+        cfg.train_cfg.max_iters = max_iters
+        cfg.train_cfg.val_interval = max_iters
+        cfg.default_hooks.checkpoint.interval = max_iters
+        schedulers = cfg.param_scheduler
+        if isinstance(schedulers, dict):
+            schedulers = [schedulers]
+        for sched in schedulers:
+            sched["end"] = max_iters
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    runner = Runner.from_cfg(cfg)
+    start = time.perf_counter()
+    runner.train()
+    elapsed = time.perf_counter() - start
+    with open(json_path) as f:
+        result = json.load(f)
+    result["train_seconds"] = round(elapsed, 1)
+    result["iters"] = cfg.train_cfg.max_iters
+    result["config"] = config
+    result["seed"] = seed
+    return result
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    mean = sum(vals) / len(vals)
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def summarise(results: dict[str, list[dict]], class_counts: dict[str, int]) -> dict:
+    """Per-class mean (and std over seeds) of each run, classes ordered rarest first."""
+    classes = sorted(class_counts, key=lambda c: class_counts[c])
+    total = sum(class_counts.values()) or 1
+    table = []
+    for cls in classes:
+        row = {"class": cls, "pixel_share": round(100 * class_counts[cls] / total, 2)}
+        for name, runs in results.items():
+            mean, std = _mean_std([r["per_class"][cls] for r in runs])
+            row[name] = round(mean, 2)
+            row[name + "_std"] = round(std, 2)
+        table.append(row)
+    summary = {}
+    for name, runs in results.items():
+        mean, std = _mean_std([r["summary"]["mIoU"] for r in runs])
+        summary[name] = {
+            "mIoU": round(mean, 2),
+            "mIoU_std": round(std, 2),
+            "seeds": [r["seed"] for r in runs],
+            "train_seconds": [r["train_seconds"] for r in runs],
+        }
+    return {"metric": "IoU", "classes": table, "summary": summary}
+
+
+def to_markdown(summary: dict, names: list[str]) -> str:
+    head = "| class | pixel share % | " + " | ".join(names)
+    if len(names) == 2:
+        head += " | delta"
+    lines = [head + " |", "|" + "---|" * (len(names) + 2 + (len(names) == 2))]
+    for row in summary["classes"]:
+        cells = [f"{row[n]:.2f} ± {row[n + '_std']:.2f}" for n in names]
+        line = f"| {row['class']} | {row['pixel_share']:.2f} | " + " | ".join(cells)
+        if len(names) == 2:
+            line += f" | {row[names[1]] - row[names[0]]:+.2f}"
+        lines.append(line + " |")
+    cells = [
+        f"**{summary['summary'][n]['mIoU']:.2f} ± {summary['summary'][n]['mIoU_std']:.2f}**"
+        for n in names
+    ]
+    line = "| **mIoU** | | " + " | ".join(cells)
+    if len(names) == 2:
+        delta = summary["summary"][names[1]]["mIoU"] - summary["summary"][names[0]]["mIoU"]
+        line += f" | {delta:+.2f}"
+    lines.append(line + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, names: list[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = summary["classes"]
+    x = np.arange(len(rows))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for i, name in enumerate(names):
+        ax.bar(
+            x + (i - (len(names) - 1) / 2) * width,
+            [r[name] for r in rows],
+            width,
+            yerr=[r[name + "_std"] for r in rows],
+            label=f"{name} (mIoU {summary['summary'][name]['mIoU']:.1f})",
+        )
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{r['class']}\n{r['pixel_share']:.1f}%" for r in rows], fontsize=8)
+    ax.set_ylabel("val IoU (%)")
+    ax.set_title("CamVid val IoU per class, rarest first (train pixel share below)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def run_comparison(
+    out_dir: str,
+    *,
+    configs: dict[str, str] | None = None,
+    max_iters: int | None = None,
+    seeds: list[int] | tuple[int, ...] = (0,),
+    data_root: str | None = None,
+) -> dict:
+    """Train every config for each seed, then write the comparison files into ``out_dir``."""
+    from mmengine.logging import print_log
+
+    from ganaug.core.label_stats import class_pixel_counts
+    from ganaug.data_root import dataset_dir
+    from ganaug.mmseg.datasets import CAMVID_CLASSES, CAMVID_VOID
+
+    configs = dict(configs or DEFAULT_CONFIGS)
+    camvid = dataset_dir("camvid", data_root)
+    os.makedirs(out_dir, exist_ok=True)
+    ann = sorted((camvid / "trainannot").glob("*.png"))
+    counts = class_pixel_counts(ann, len(CAMVID_CLASSES), ignore_values=(CAMVID_VOID, 255))
+    class_counts = {c: int(n) for c, n in zip(CAMVID_CLASSES, counts)}
+
+    results: dict[str, list[dict]] = {name: [] for name in configs}
+    for seed in seeds:
+        for name, config in configs.items():
+            work_dir = osp.join(out_dir, f"{name}_seed{seed}")
+            print_log(f"[ganaug] training {name} (seed {seed}) from {config}", logger="current")
+            res = train_and_evaluate(
+                config,
+                work_dir,
+                run_name=f"{name}_seed{seed}",
+                max_iters=max_iters,
+                seed=seed,
+                data_root=str(camvid.parent),
+            )
+            res["class_counts"] = class_counts
+            # Re-write the run's JSON with the training-set class counts for `ganaug compare`.
+            _write_atomic(osp.join(work_dir, "per_class_metrics.json"), json.dumps(res, indent=2))
+            results[name].append(res)
+
+    names = list(configs)
+    summary = summarise(results, class_counts)
+    summary["configs"] = configs
+    summary["class_counts"] = class_counts
+    md = to_markdown(summary, names)
+    _write_atomic(osp.join(out_dir, "comparison.json"), json.dumps(summary, indent=2))
+    _write_atomic(osp.join(out_dir, "comparison.md"), md + "\n")
+    plot(summary, names, osp.join(out_dir, "comparison.png"))
+    print_log("[ganaug] per-class val IoU (%), rarest class first:\n" + md, logger="current")
+    print_log(f"[ganaug] wrote comparison.md/.json/.png to {out_dir}", logger="current")
+    return summary
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "seg-compare",
+        help="train a plain and an adversarial segmentor on CamVid and compare per class",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default="outputs/main_job", help="output folder")
+    p.add_argument("--iters", type=int, default=None, help="train iterations per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to run")
+    p.add_argument("--data-root", default=None, help="data root (default: $GANAUG_DATA_ROOT)")
+    p.add_argument("--baseline", default=DEFAULT_CONFIGS["baseline"], help="baseline config")
+    p.add_argument(
+        "--adversarial", default=DEFAULT_CONFIGS["adversarial"], help="adversarial config"
+    )
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    run_comparison(
+        args.out,
+        configs={"baseline": args.baseline, "adversarial": args.adversarial},
+        max_iters=args.iters,
+        seeds=args.seeds,
+        data_root=args.data_root,
+    )
+    return 0
