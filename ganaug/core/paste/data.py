@@ -1,0 +1,136 @@
+"""Readers for the sample datasets in the shapes the paste engine uses.
+
+* COCO (coco128): ``CocoDetection`` gives ``(image (H, W, 3) uint8 RGB, target)`` with
+  ``boxes``, ``labels`` (contiguous 1..K, 0 is background), ``masks`` and ``image_id``.
+  Greyscale JPEGs are read as RGB; images without annotations get empty targets.
+* CamVid: ``camvid_pairs(root, split)`` lists ``(image, label)`` paths.
+* Magnetic tile: ``magnetic_tile_items(root)`` lists ``(image, mask, class index)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .copy_paste import _quiet_coco, read_image
+from .instances import ann_to_mask
+
+__all__ = [
+    "CocoDetection",
+    "camvid_pairs",
+    "CAMVID_CLASSES",
+    "magnetic_tile_items",
+    "MAGNETIC_TILE_CLASSES",
+]
+
+CAMVID_CLASSES = (
+    "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
+    "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+)  # fmt: skip
+CAMVID_IGNORE = 11
+
+MAGNETIC_TILE_CLASSES = ("MT_Free", "MT_Blowhole", "MT_Uneven", "MT_Break", "MT_Crack", "MT_Fray")
+
+
+class CocoDetection:
+    """A COCO-format detection set read with pycocotools.
+
+    Args:
+        ann_file: COCO instances JSON.
+        image_dir: folder holding the images named in it.
+        with_masks: decode instance masks (polygons / RLE) into ``target["masks"]``.
+
+    Attributes:
+        cat_ids: COCO category ids in contiguous order; label ``k`` is ``cat_ids[k - 1]``.
+        class_names: names in the same order.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        image_dir: str | os.PathLike,
+        *,
+        with_masks: bool = True,
+    ):
+        self.coco = _quiet_coco(ann_file)
+        self.image_dir = Path(image_dir)
+        self.ids = sorted(self.coco.getImgIds())
+        self.cat_ids = sorted(self.coco.getCatIds())
+        self.class_names = [self.coco.cats[c]["name"] for c in self.cat_ids]
+        self.cat_to_label = {c: i + 1 for i, c in enumerate(self.cat_ids)}
+        self.with_masks = with_masks
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def class_counts(self) -> dict[int, int]:
+        """Non-crowd objects per contiguous label over the whole set."""
+        counts: dict[int, int] = {}
+        for a in self.coco.dataset.get("annotations", []):
+            if not a.get("iscrowd", 0):
+                lab = self.cat_to_label[a["category_id"]]
+                counts[lab] = counts.get(lab, 0) + 1
+        return counts
+
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, dict]:
+        img_id = self.ids[idx]
+        info = self.coco.loadImgs(img_id)[0]
+        image = read_image(self.image_dir / info["file_name"])
+        h, w = image.shape[:2]
+        boxes, labels, masks = [], [], []
+        for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id, iscrowd=False)):
+            x, y, bw, bh = a["bbox"]
+            x1, y1, x2, y2 = max(x, 0), max(y, 0), min(x + bw, w), min(y + bh, h)
+            if x2 - x1 < 1 or y2 - y1 < 1:
+                continue
+            boxes.append([x1, y1, x2, y2])
+            labels.append(self.cat_to_label[a["category_id"]])
+            if self.with_masks:
+                seg = a.get("segmentation")
+                if seg:
+                    masks.append(ann_to_mask(seg, h, w))
+                else:
+                    m = np.zeros((h, w), dtype=bool)
+                    m[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = True
+                    masks.append(m)
+        target = {
+            "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            "labels": np.asarray(labels, dtype=np.int64),
+            "image_id": int(img_id),
+        }
+        if self.with_masks:
+            target["masks"] = np.asarray(masks, dtype=bool).reshape(-1, h, w)
+        return image, target
+
+
+def coco128_paths(root: str | os.PathLike) -> tuple[Path, Path]:
+    """``(annotation file, image folder)`` of the coco128 layout under ``root``."""
+    root = Path(root)
+    return root / "annotations" / "instances_train2017.json", root / "train2017"
+
+
+def camvid_pairs(root: str | os.PathLike, split: str = "train") -> list[tuple[Path, Path]]:
+    """``(image, label map)`` path pairs of a CamVid split (``train``, ``val``)."""
+    root = Path(root)
+    img_dir, lab_dir = root / split, root / f"{split}annot"
+    if not img_dir.is_dir() or not lab_dir.is_dir():
+        raise FileNotFoundError(f"CamVid split {split!r}: expected {img_dir} and {lab_dir}.")
+    return [(p, lab_dir / p.name) for p in sorted(img_dir.glob("*.png"))]
+
+
+def magnetic_tile_items(
+    root: str | os.PathLike, classes: tuple[str, ...] = MAGNETIC_TILE_CLASSES[1:]
+) -> list[tuple[Path, Path, int]]:
+    """``(image, mask, class index in MAGNETIC_TILE_CLASSES)`` for the defect classes."""
+    root = Path(root)
+    out = []
+    for name in classes:
+        folder = root / name
+        if not folder.is_dir():
+            raise FileNotFoundError(f"Magnetic-tile class folder {folder} does not exist.")
+        idx = MAGNETIC_TILE_CLASSES.index(name)
+        for img in sorted(folder.glob("*.jpg")):
+            out.append((img, img.with_suffix(".png"), idx))
+    return out
