@@ -15,6 +15,8 @@ import sys
 # name -> module providing add_parser(subparsers)
 SUBCOMMANDS: dict[str, str] = {
     "seg-compare": "ganaug.mmseg.main_job",
+    "inspect": "ganaug.inspect.cli",
+    "compare": "ganaug.compare",
 }
 
 
