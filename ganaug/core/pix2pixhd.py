@@ -152,6 +152,12 @@ def _pad_to_multiple(x: Tensor, factor: int, mode: str, name: str) -> tuple[Tens
     """Pad H and W up to a multiple of ``factor`` (or raise). Returns (padded, H, W)."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % factor, (-w) % factor
+    if ((h + ph) // factor) * ((w + pw) // factor) < 2:
+        # Instance norm at the bottleneck needs more than one spatial element.
+        raise ValueError(
+            f"{name}: input size {h}x{w} is too small for the downsampling factor {factor}; "
+            f"it needs at least {factor}x{2 * factor} pixels."
+        )
     if ph == 0 and pw == 0:
         return x, h, w
     if mode == "error":
@@ -285,6 +291,8 @@ class LocalEnhancerGenerator(nn.Module):
             norm=norm,
             size_mode="error",
         )
+        # The paper drops G1's output layer: the enhancers consume its last features.
+        self.global_g.head = nn.Identity()
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
         # Enhancer n (1 = innermost) works at 1/2**(n_local - n) of the input resolution.
@@ -538,7 +546,7 @@ class VGGPerceptualLoss(nn.Module):
 
     def __init__(self, *, weights_path: str | os.PathLike, loss_weight: float = 10.0):
         super().__init__()
-        from torchvision.models import vgg19
+        from torchvision.models.vgg import cfgs, make_layers
 
         path = Path(weights_path)
         if not path.is_file():
@@ -557,7 +565,8 @@ class VGGPerceptualLoss(nn.Module):
                 f"VGG perceptual loss: {path} holds {type(state).__name__}, not a dict."
             )
         feats = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
-        features = vgg19(weights=None).features[: self._SLICES[-1]]
+        # Only the convolutional part: the classifier would add 120M unused parameters.
+        features = make_layers(cfgs["E"])[: self._SLICES[-1]]
         try:
             features.load_state_dict(feats or state, strict=False)
             missing = [k for k in features.state_dict() if k not in (feats or state)]

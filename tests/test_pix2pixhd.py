@@ -1,0 +1,278 @@
+"""Pix2PixHD core: shapes, gradients, losses against hand-computed values, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganaug.core.pix2pixhd import (
+    FeatureMatchingLoss,
+    GlobalGenerator,
+    LocalEnhancerGenerator,
+    LSGANLoss,
+    MultiscaleDiscriminator,
+    Pix2PixHDGenerator,
+    VGGPerceptualLoss,
+    build_discriminator,
+    build_generator,
+    count_parameters,
+    encode_input,
+    feature_matching_loss,
+    instance_average_pool,
+    instance_edges,
+    lsgan_loss,
+    pix2pixhd_config,
+)
+
+NUM_LABELS = 12  # CamVid: 11 classes + void
+
+
+def _tiny_global(**kw):
+    return GlobalGenerator(in_channels=5, ngf=4, n_downsample=3, n_blocks=1, **kw)
+
+
+@pytest.mark.parametrize("size", [(32, 48), (30, 45), (17, 23), (9, 12)])
+def test_global_generator_shapes_and_gradients(size):
+    torch.manual_seed(0)
+    g = _tiny_global()
+    x = torch.randn(2, 5, *size, requires_grad=True)
+    y = g(x)
+    assert y.shape == (2, 3, *size)
+    assert y.abs().max() <= 1.0
+    y.square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for name, p in g.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("size", [(32, 48), (30, 45)])
+def test_local_enhancer_shapes_and_gradients(size):
+    torch.manual_seed(0)
+    g = LocalEnhancerGenerator(
+        in_channels=5, ngf=4, n_downsample=2, n_blocks=1, n_local_enhancers=1, n_blocks_local=1
+    )
+    assert g.factor == 8
+    x = torch.randn(1, 5, *size)
+    y = g(x)
+    assert y.shape == (1, 3, *size)
+    y.mean().backward()
+    assert all(p.grad is not None for p in g.parameters())
+
+
+def test_non_divisible_size_error_mode():
+    g = _tiny_global(size_mode="error")
+    g(torch.randn(1, 5, 16, 24))  # multiples of 8 pass
+    with pytest.raises(ValueError, match=r"30x45 is not a multiple of the downsampling factor 8"):
+        g(torch.randn(1, 5, 30, 45))
+
+
+def test_too_small_input_is_rejected():
+    with pytest.raises(ValueError, match=r"8x8 is too small for the downsampling factor 8"):
+        _tiny_global()(torch.randn(1, 5, 8, 8))
+
+
+def test_wrong_channel_count_is_named():
+    with pytest.raises(ValueError, match=r"\(B, 5, H, W\); got \(1, 4, 16, 16\)"):
+        _tiny_global()(torch.randn(1, 4, 16, 16))
+
+
+def test_padding_does_not_leak_into_the_kept_region():
+    # Padded output cropped back must equal the output on the top-left part of the same
+    # content only up to border effects; what we can assert exactly is that the result is
+    # deterministic and uses the replicate padding (no zero one-hot labels).
+    g = _tiny_global().eval()
+    x = torch.randn(1, 5, 30, 45)
+    padded = torch.nn.functional.pad(x, (0, 3, 0, 2), mode="replicate")
+    assert torch.allclose(g(x), g(padded)[..., :30, :45], atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(64, 80), (50, 70)])
+def test_multiscale_discriminator_shapes_and_gradients(size):
+    torch.manual_seed(0)
+    d = MultiscaleDiscriminator(in_channels=6, ndf=4, n_layers=3, num_d=3)
+    x = torch.randn(2, 6, *size, requires_grad=True)
+    outs = d(x)
+    assert len(outs) == 3
+    assert all(len(o) == 5 for o in outs)  # 4 feature layers + score map
+    assert [o[-1].shape[1] for o in outs] == [1, 1, 1]
+    # coarser scales see smaller inputs, so their score maps are smaller
+    assert outs[0][-1].shape[-1] > outs[1][-1].shape[-1] > outs[2][-1].shape[-1]
+    lsgan_loss(outs, True).backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_lsgan_loss_hand_computed():
+    outs = [[torch.zeros(1), torch.full((1, 1, 2, 2), 0.5)], [torch.full((1, 1, 1, 1), 2.0)]]
+    # real: (0.5-1)^2 + (2-1)^2 = 1.25 ; fake: 0.25 + 4 = 4.25
+    assert lsgan_loss(outs, True).item() == pytest.approx(1.25)
+    assert lsgan_loss(outs, False).item() == pytest.approx(4.25)
+    assert LSGANLoss(loss_weight=2.0)(outs, False).item() == pytest.approx(8.5)
+
+
+def test_feature_matching_loss_hand_computed():
+    pred = torch.zeros(1, 1, 1, 1)
+    real = [
+        [torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]), torch.tensor([[[[0.0]], [[1.0]]]]), pred],
+        [torch.tensor([[[[5.0]]]]), pred + 7],
+    ]
+    fake = [
+        [torch.tensor([[[[1.0, 0.0], [3.0, 8.0]]]]), torch.tensor([[[[1.0]], [[1.0]]]]), pred],
+        [torch.tensor([[[[2.0]]]]), pred - 7],  # score maps are ignored
+    ]
+    # scale 1: mean(|0|,|2|,|0|,|4|) = 1.5 ; mean(1, 0) = 0.5 ; scale 2: 3  -> 5.0
+    assert feature_matching_loss(real, fake).item() == pytest.approx(5.0)
+    assert FeatureMatchingLoss(loss_weight=10.0)(real, fake).item() == pytest.approx(50.0)
+
+
+def test_feature_matching_loss_trains_only_fake_side():
+    r = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    f = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    feature_matching_loss([[r, r[:, :1]]], [[f, f[:, :1]]]).backward()
+    assert r.grad is None
+    assert f.grad is not None
+    # gradcheck on the fake side (L1 is smooth away from ties; random values avoid them)
+    assert torch.autograd.gradcheck(
+        lambda x: feature_matching_loss([[r.detach(), r[:, :1].detach()]], [[x, x[:, :1]]]), (f,)
+    )
+
+
+def test_feature_matching_mismatched_structure():
+    a = [[torch.zeros(1), torch.zeros(1)]]
+    with pytest.raises(ValueError, match="1 real scales vs 2 fake scales"):
+        feature_matching_loss(a, a + a)
+
+
+def test_instance_edges_and_average_pool():
+    inst = torch.tensor([[[1, 1, 2], [1, 1, 2], [3, 3, 3]]])
+    edges = instance_edges(inst)[0, 0]
+    expected = torch.tensor([[0, 1, 1], [1, 1, 1], [1, 1, 1]], dtype=torch.float32)
+    assert torch.equal(edges, expected)
+    feat = torch.arange(9, dtype=torch.float64).view(1, 1, 3, 3).requires_grad_(True)
+    pooled = instance_average_pool(feat, inst)
+    # instance 1 holds values 0,1,3,4 -> 2 ; instance 2: 2,5 -> 3.5 ; instance 3: 6,7,8 -> 7
+    assert pooled[0, 0].tolist() == [[2, 2, 3.5], [2, 2, 3.5], [7, 7, 7]]
+    assert torch.autograd.gradcheck(lambda f: instance_average_pool(f, inst), (feat,))
+
+
+def test_encode_input_rejects_unknown_labels():
+    label = torch.tensor([[[0, 3], [12, 40]]])
+    with pytest.raises(ValueError, match=r"values \[12, 40\] outside the 12 known labels"):
+        encode_input(label, num_labels=NUM_LABELS)
+    x = encode_input(label.clamp(max=11), num_labels=NUM_LABELS, inst=label, use_edges=True)
+    assert x.shape == (1, 13, 2, 2)
+    assert torch.equal(x[:, :12].sum(1), torch.ones(1, 2, 2))
+
+
+def test_vgg_loss_needs_an_existing_weights_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth does not exist"):
+        VGGPerceptualLoss(weights_path=tmp_path / "nope.pth")
+    bad = tmp_path / "bad.pth"
+    torch.save({"foo": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="lacks vgg19 feature weights"):
+        VGGPerceptualLoss(weights_path=bad)
+
+
+def test_presets():
+    slim = pix2pixhd_config("slim")
+    g = build_generator(slim, in_channels=NUM_LABELS)
+    # the issue's budget: a ~8M-parameter generator and a 2-scale discriminator
+    assert 7.0e6 < count_parameters(g) < 9.0e6
+    assert len(build_discriminator(slim, in_channels=NUM_LABELS + 3).nets) == 2
+    paper = pix2pixhd_config("paper")
+    assert (paper["ngf"], paper["n_downsample"], paper["n_blocks"], paper["num_d"]) == (64, 4, 9, 3)
+    assert paper["n_local_enhancers"] == 1
+    with pytest.raises(ValueError, match="Unknown Pix2PixHD option"):
+        pix2pixhd_config("slim", ngff=3)
+    with pytest.raises(ValueError, match="Unknown Pix2PixHD preset"):
+        pix2pixhd_config("huge")
+
+
+def test_generator_checkpoint_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    gen = Pix2PixHDGenerator(
+        num_labels=NUM_LABELS, overrides=dict(ngf=4, n_blocks=1), use_edges=True
+    ).eval()
+    ckpt = tmp_path / "ckpt.pth"
+    state = {f"generator.{k}": v for k, v in gen.state_dict().items()}
+    state["discriminator.w"] = torch.zeros(1)
+    torch.save({"state_dict": state, "meta": {}}, ckpt)
+    loaded = Pix2PixHDGenerator.from_checkpoint(ckpt)
+    label = torch.randint(0, NUM_LABELS, (1, 24, 32))
+    with torch.no_grad():
+        assert torch.equal(gen(label), loaded(label))
+    with pytest.raises(FileNotFoundError, match="missing.pth does not exist"):
+        Pix2PixHDGenerator.from_checkpoint(tmp_path / "missing.pth")
+    torch.save({"state_dict": {"x": torch.zeros(1)}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="holds no Pix2PixHD generator"):
+        Pix2PixHDGenerator.from_checkpoint(tmp_path / "other.pth")
+
+
+def test_seeded_regression_value():
+    torch.manual_seed(1234)
+    gen = Pix2PixHDGenerator(num_labels=NUM_LABELS, overrides=dict(ngf=4, n_blocks=1)).eval()
+    label = (torch.arange(24 * 32).view(1, 24, 32) // 70) % NUM_LABELS
+    with torch.no_grad():
+        out = gen(label)
+    assert out.mean().item() == pytest.approx(REGRESSION_MEAN, abs=1e-4)
+
+
+REGRESSION_MEAN = -0.036456
+
+
+def _camvid_pairs(camvid_dir, n, size=(60, 80)):
+    names = sorted((camvid_dir / "train").glob("*.png"))[:n]
+    imgs, labels = [], []
+    for p in names:
+        im = Image.open(p).convert("RGB").resize(size[::-1], Image.BILINEAR)
+        lb = Image.open(camvid_dir / "trainannot" / p.name).resize(size[::-1], Image.NEAREST)
+        imgs.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 127.5 - 1)
+        labels.append(torch.from_numpy(np.asarray(lb).astype(np.int64)))
+    return torch.stack(imgs), torch.stack(labels)
+
+
+@pytest.fixture
+def one_thread():
+    # Tiny tensors gain nothing from a second intra-op thread, and on a busy shared machine
+    # two spinning OpenMP threads made this test ~10x slower than one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_short_gan_training_reduces_reconstruction_error(camvid_dir, one_thread):
+    """A real (tiny) Pix2PixHD run on 2 CamVid pairs: G's L1 to the real images drops."""
+    torch.manual_seed(0)
+    images, labels = _camvid_pairs(camvid_dir, 2, size=(48, 64))
+    cfg = pix2pixhd_config("slim", ngf=8, n_blocks=2, ndf=8)
+    gen = Pix2PixHDGenerator(num_labels=NUM_LABELS, overrides=dict(ngf=8, n_blocks=2))
+    disc = build_discriminator(cfg, in_channels=NUM_LABELS + 3)
+    opt_g = torch.optim.Adam(gen.parameters(), 2e-3, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), 2e-3, betas=(0.5, 0.999))
+    fm = FeatureMatchingLoss(loss_weight=10.0)
+    with torch.no_grad():
+        start = (gen(labels) - images).abs().mean().item()
+    for _ in range(15):
+        cond = gen.encode(labels)
+        fake = gen.net(cond)
+        disc.requires_grad_(True)
+        d_loss = 0.5 * (
+            lsgan_loss(disc(torch.cat([cond, fake.detach()], 1)), False)
+            + lsgan_loss(disc(torch.cat([cond, images], 1)), True)
+        )
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        disc.requires_grad_(False)
+        fake_out = disc(torch.cat([cond, fake], 1))
+        real_out = disc(torch.cat([cond, images], 1))
+        g_loss = lsgan_loss(fake_out, True) + fm(real_out, fake_out)
+        opt_g.zero_grad()
+        g_loss.backward()
+        opt_g.step()
+    with torch.no_grad():
+        end = (gen(labels) - images).abs().mean().item()
+    assert np.isfinite(end)
+    assert end < 0.8 * start, (start, end)
