@@ -1,0 +1,193 @@
+"""torchvision-friendly copy-paste: a dataset wrapper and target-detector helpers.
+
+``PasteDataset`` wraps any dataset that yields ``(image, target)`` in torchvision's
+detection format (image: PIL, ``(H, W, C)`` uint8 array or ``(C, H, W)`` tensor; target:
+``boxes`` ``(N, 4)`` xyxy, ``labels`` ``(N,)``, optional ``masks`` ``(N, H, W)``) and
+pastes instances with a :class:`~ganaug.core.paste.CopyPaste`. Each sample's randomness
+comes from ``(seed, epoch, index)``, so results do not depend on the number of workers.
+
+``detector_loss_fn`` turns a torchvision detection model into the ``(images, targets) ->
+loss dict`` callable that :class:`~ganaug.core.paste.learned.TaskAwarePaste` trains
+against; ``build_target_detector`` makes a from-scratch Faster R-CNN for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ganaug.core.paste import CopyPaste
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PasteDataset",
+    "build_target_detector",
+    "detector_loss_fn",
+    "load_detector_checkpoint",
+    "to_numpy_sample",
+    "to_tensor_sample",
+]
+
+
+def to_numpy_sample(image, target: dict) -> tuple[np.ndarray, dict, str]:
+    """Convert a torchvision-style sample to numpy; returns the image's original kind."""
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3:
+            raise ValueError(f"PasteDataset: expected a (C, H, W) image tensor, got {image.shape}.")
+        kind = "float" if image.is_floating_point() else "uint8"
+        arr = image.detach().cpu()
+        if kind == "float":
+            arr = (arr.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        arr = arr.permute(1, 2, 0).numpy()
+    elif hasattr(image, "convert"):  # PIL
+        kind = "pil"
+        arr = np.asarray(image.convert("RGB") if image.mode not in ("RGB", "L") else image)
+    else:
+        kind = "numpy"
+        arr = np.asarray(image)
+    out = {}
+    for k, v in target.items():
+        out[k] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+    if "labels" not in out:
+        raise KeyError(f"PasteDataset: target has no 'labels' (keys: {sorted(target)}).")
+    return np.ascontiguousarray(arr), out, kind
+
+
+def to_tensor_sample(image: np.ndarray, target: dict, kind: str):
+    """Back to the sample's original kind; target arrays become tensors."""
+    if kind in ("float", "uint8"):
+        t = torch.from_numpy(np.ascontiguousarray(image))
+        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+        image = t.float() / 255.0 if kind == "float" else t
+    elif kind == "pil":
+        from PIL import Image
+
+        image = Image.fromarray(image)
+    out = {}
+    for k, v in target.items():
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(v)
+            if k == "masks":
+                v = v.to(torch.uint8)
+        out[k] = v
+    return image, out
+
+
+class PasteDataset(Dataset):
+    """Wrap a detection / segmentation dataset and paste instances into its samples.
+
+    Args:
+        dataset: yields ``(image, target)`` (see module doc). A ``label_map`` entry in the
+            target (``(H, W)`` ints) is updated too.
+        copy_paste: the configured :class:`CopyPaste`.
+        seed: base seed; sample ``i`` in epoch ``e`` uses ``default_rng([seed, e, i])``.
+        skip_empty: images without objects still get pastes (False skips them unchanged).
+    """
+
+    def __init__(self, dataset, *, copy_paste: CopyPaste, seed: int = 0, skip_empty: bool = False):
+        self.dataset = dataset
+        self.copy_paste = copy_paste
+        self.seed = int(seed)
+        self.epoch = 0
+        self.skip_empty = skip_empty
+
+    def set_epoch(self, epoch: int) -> None:
+        """Give each epoch fresh pastes (call from the training loop)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int):
+        image, target = self.dataset[idx]
+        arr, tgt, kind = to_numpy_sample(image, target)
+        if self.skip_empty and len(tgt["labels"]) == 0:
+            return image, target
+        rng = np.random.default_rng([self.seed, self.epoch, int(idx)])
+        extra = {k: v for k, v in tgt.items() if k not in ("boxes", "labels", "masks")}
+        core = {k: tgt[k] for k in ("boxes", "labels", "masks", "label_map") if k in tgt}
+        out_img, out_tgt = self.copy_paste(arr, core, rng=rng)
+        extra.pop("label_map", None)
+        pasted = out_tgt.pop("pasted")
+        if "area" in extra or "iscrowd" in extra:
+            # Per-object extras no longer line up with the new object list: recompute.
+            b = out_tgt["boxes"]
+            extra["area"] = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            extra["iscrowd"] = np.zeros(len(b), dtype=np.int64)
+        out_tgt.update(extra)
+        out_tgt["pasted"] = pasted
+        if arr.ndim == 3 and out_img.ndim == 2:
+            out_img = out_img[:, :, None]
+        return to_tensor_sample(out_img, out_tgt, kind)
+
+
+def build_target_detector(
+    *,
+    num_classes: int,
+    min_size: int = 320,
+    max_size: int = 512,
+    weights: str | os.PathLike | None = None,
+) -> nn.Module:
+    """torchvision's Faster R-CNN (MobileNetV3-Large FPN) from scratch, no download.
+
+    Args:
+        num_classes: foreground classes; the model gets ``num_classes + 1`` outputs.
+        weights: optional path to a state dict of the same architecture.
+    """
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    model = fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=num_classes + 1,
+        min_size=min_size,
+        max_size=max_size,
+    )
+    if weights is not None:
+        load_detector_checkpoint(model, weights)
+    return model
+
+
+def load_detector_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a saved detector: a bare state dict or a checkpoint dict with ``"model"``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as err:
+        raise ValueError(f"Cannot read detector checkpoint {path}: {err}") from err
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"Detector checkpoint {path} does not fit this model (wrong num_classes or "
+            f"architecture?): {err}"
+        ) from err
+
+
+def detector_loss_fn(model: nn.Module, *, freeze_bn: bool = False):
+    """``(images, targets) -> loss dict`` for a torchvision detection model.
+
+    Args:
+        model: e.g. :func:`build_target_detector`'s; switched to train mode on each call
+            (torchvision detectors return losses only in train mode).
+        freeze_bn: keep BatchNorm layers in eval mode, so that offline training against a
+            frozen checkpoint does not drift its running statistics.
+    """
+
+    def fn(images, targets):
+        model.train()
+        if freeze_bn:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        clean = [{k: v for k, v in t.items() if k in ("boxes", "labels", "masks")} for t in targets]
+        return model(list(images), clean)
+
+    return fn
