@@ -19,6 +19,22 @@ from ganaug.inspect.labelmap import inspect_labelmaps, read_label_map
 from ganaug.inspect.recommend import NOT_AVAILABLE, recommend
 from ganaug.inspect.report import format_markdown, format_summary, write_report
 
+
+def main(argv):
+    """Run our subcommand through its own parser: ganaug.cli would also import every other
+    subcommand (mmseg's main job among them), which costs seconds unrelated to this test."""
+    import argparse
+    import importlib
+
+    from ganaug.cli import SUBCOMMANDS
+
+    assert SUBCOMMANDS[argv[0]] == "ganaug.inspect.cli"
+    parser = argparse.ArgumentParser()
+    importlib.import_module("ganaug.inspect.cli").add_parser(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
 # ---------------------------------------------------------------- shared statistics
 
 
@@ -402,8 +418,6 @@ def test_outputs_for_sample_sets(tmp_path, coco128_report, camvid_report, magnet
 
 
 def test_cli_inspect_writes_files(tmp_path, coco128_dir, capsys):
-    from ganaug.cli import main
-
     assert main(["inspect", str(coco128_dir), "--out", str(tmp_path), "--no-plots"]) == 0
     text = capsys.readouterr().out
     assert "imbalance ratio (instances): 254.0:1" in text
@@ -411,8 +425,6 @@ def test_cli_inspect_writes_files(tmp_path, coco128_dir, capsys):
 
 
 def test_cli_inspect_truncated_json_exit_code(tmp_path, capsys):
-    from ganaug.cli import main
-
     path = tmp_path / "instances_cut.json"
     path.write_text('{"images": [{"id": 1}], "annotations": [')
     assert main(["inspect", str(path), "--out", str(tmp_path / "o")]) == 1
