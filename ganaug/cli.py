@@ -14,6 +14,7 @@ import sys
 
 # name -> module providing add_parser(subparsers)
 SUBCOMMANDS: dict[str, str] = {
+    "det-train": "ganaug.torchvision.engine",
     "seg-compare": "ganaug.mmseg.main_job",
     "inspect": "ganaug.inspect.cli",
     "compare": "ganaug.compare",

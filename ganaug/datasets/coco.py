@@ -17,6 +17,7 @@ dataset, with a count and the first offending annotation.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -188,6 +189,18 @@ class CocoDetectionDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def subset(self, image_ids: list[int]) -> CocoDetectionDataset:
+        """The same dataset restricted to ``image_ids`` (in that order), without re-reading
+        the JSON."""
+        missing = [i for i in image_ids if i not in self._images]
+        if missing:
+            raise CocoFormatError(
+                f"{self.ann_file}: image_ids {missing[:5]} are not in the annotation file"
+            )
+        out = copy.copy(self)
+        out.ids = [int(i) for i in image_ids]
+        return out
 
     def image_info(self, index: int) -> dict:
         """The COCO ``images`` entry of item ``index``."""
