@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "seg-compare": "ganaug.mmseg.main_job",
     "inspect": "ganaug.inspect.cli",
     "compare": "ganaug.compare",
+    "cls-compare": "ganaug.classification.compare",
 }
 
 
