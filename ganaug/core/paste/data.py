@@ -23,6 +23,8 @@ __all__ = [
     "CAMVID_CLASSES",
     "magnetic_tile_items",
     "MAGNETIC_TILE_CLASSES",
+    "annotations_to_target",
+    "target_to_annotations",
 ]
 
 CAMVID_CLASSES = (
@@ -133,4 +135,60 @@ def magnetic_tile_items(
         idx = MAGNETIC_TILE_CLASSES.index(name)
         for img in sorted(folder.glob("*.jpg")):
             out.append((img, img.with_suffix(".png"), idx))
+    return out
+
+
+# Box modes as detectron2 numbers them (its BoxMode is an IntEnum with these values).
+XYXY_ABS, XYWH_ABS = 0, 1
+
+
+def annotations_to_target(annos: list[dict], height: int, width: int) -> dict:
+    """COCO-style per-image annotation dicts (detectron2's dataset dicts) -> paste target.
+
+    Each dict needs ``bbox``, ``category_id`` and, optionally, ``bbox_mode`` (0 xyxy, 1
+    xywh; default xywh as in COCO), ``segmentation`` (polygons or RLE) and ``iscrowd``.
+    Crowd regions are left out (they are not objects to occlude or to keep).
+
+    Returns:
+        ``{"boxes", "labels", "masks"}``, masks only when every object has a segmentation.
+    """
+    from .instances import ann_to_mask
+
+    objs = [a for a in annos if not a.get("iscrowd", 0)]
+    boxes, labels, masks = [], [], []
+    for a in objs:
+        x1, y1, a2, b2 = (float(v) for v in a["bbox"])
+        if int(a.get("bbox_mode", XYWH_ABS)) == XYWH_ABS:
+            a2, b2 = x1 + a2, y1 + b2
+        boxes.append([x1, y1, a2, b2])
+        labels.append(int(a["category_id"]))
+        if a.get("segmentation"):
+            masks.append(ann_to_mask(a["segmentation"], height, width))
+    target = {
+        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        "labels": np.asarray(labels, dtype=np.int64),
+    }
+    if objs and len(masks) == len(objs):
+        target["masks"] = np.asarray(masks, dtype=bool)
+    return target
+
+
+def target_to_annotations(target: dict, *, with_masks: bool = True) -> list[dict]:
+    """Paste target -> annotation dicts with xyxy boxes (``bbox_mode`` 0) and RLE masks."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    masks = target.get("masks") if with_masks else None
+    for k, (box, label) in enumerate(zip(target["boxes"], target["labels"])):
+        ann = {
+            "bbox": [float(v) for v in box],
+            "bbox_mode": XYXY_ABS,
+            "category_id": int(label),
+            "iscrowd": 0,
+        }
+        if masks is not None:
+            rle = mask_utils.encode(np.asfortranarray(masks[k].astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            ann["segmentation"] = rle
+        out.append(ann)
     return out
