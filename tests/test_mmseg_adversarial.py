@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -271,12 +272,15 @@ def test_torchrun_two_processes_gloo(tmp_path, data_root):
         f"val_evaluator.per_class_json={work}/per_class_metrics.json",
     ]
     env = dict(os.environ, GANAUG_DATA_ROOT=str(data_root), OMP_NUM_THREADS="1")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_port=29533",
+        f"--master_port={port}",
         str(REPO / "tools/train.py"),
         str(ADV_CFG),
         "--launcher",

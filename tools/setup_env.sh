@@ -72,6 +72,17 @@ if [[ -n "${GANAUG_DETECTRON2_WHEEL:-}" ]]; then
   "${pip[@]}" install "$GANAUG_DETECTRON2_WHEEL"
 fi
 
+# Fashion-MNIST (classification module) comes from Debian's package, not a download.
+if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+    log "installing Debian package dataset-fashion-mnist"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      dataset-fashion-mnist >/dev/null
+  else
+    log "note: Fashion-MNIST needs 'apt-get install dataset-fashion-mnist' (run as root)"
+  fi
+fi
+
 log "installing ganaug with extras mmseg, timm, dev"
 "${pip[@]}" install --no-build-isolation -e "$repo[mmseg,timm,dev]"
 "$py" -c "import mmcv.ops, mmseg, timm, ganaug" >/dev/null
