@@ -379,3 +379,161 @@ def test_label_map_components():
     mask[12:16, 12:16] = 200
     found = instances_from_binary_mask(np.zeros((20, 20), np.uint8), mask, label=4)
     assert [(i.label, i.area) for i in found] == [(4, 16)]
+
+
+# -- learned task-aware compositing ------------------------------------------------------
+torch = pytest.importorskip("torch")
+
+from ganaug.core.paste.learned import (  # noqa: E402
+    DiscriminatorLoss,
+    PlacementSynthesizer,
+    RealismDiscriminator,
+    TaskAwarePaste,
+    affine_from_params,
+    discriminator_loss,
+    grad_reverse,
+    instances_to_rgba,
+    warp_foreground,
+)
+
+
+def test_grad_reverse_flips_only_its_branch():
+    # Not a gradcheck: the reversal is deliberately not the true derivative.
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    y = grad_reverse(x, 0.7) * x.sin()
+    assert torch.equal(y, x * x.sin())  # identity forward
+    y.sum().backward()
+    expected = -0.7 * x.sin() + x * x.cos()  # d/dx through the reversed branch is -0.7
+    assert torch.allclose(x.grad, expected.detach())
+
+
+def test_affine_placement_geometry():
+    fg = torch.zeros(1, 4, 20, 20)
+    fg[:, 3, :, :10] = 1  # left half opaque
+
+    def box(scale, angle, shift):
+        th = affine_from_params(
+            torch.tensor([scale]), torch.tensor([angle]), torch.tensor([shift]), out_hw=(40, 80)
+        )
+        a = warp_foreground(fg, th, (40, 80))[0, 3] > 0.5
+        ys, xs = torch.nonzero(a, as_tuple=True)
+        return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+    # Side 0.5 * min(40, 80) = 20 px centred at (40, 20); the left half covers x 30..40.
+    assert box(0.5, 0.0, [0.0, 0.0]) == [30, 10, 40, 30]
+    assert box(0.5, 0.0, [0.5, 0.0]) == [50, 10, 60, 30]  # centre x = 40 + 0.5 * 40
+    assert box(0.5, np.pi / 2, [0.0, 0.0]) == [30, 10, 50, 20]  # left edge turned up
+
+
+def test_warp_gradcheck():
+    fg = torch.rand(1, 4, 6, 6, dtype=torch.float64)
+
+    def f(scale, angle, shift):
+        th = affine_from_params(scale, angle, shift, out_hw=(7, 9))
+        return warp_foreground(fg, th, (7, 9))
+
+    args = (
+        torch.tensor([0.6], dtype=torch.float64, requires_grad=True),
+        torch.tensor([0.2], dtype=torch.float64, requires_grad=True),
+        torch.tensor([[0.1, -0.2]], dtype=torch.float64, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(f, args, atol=1e-5)
+
+
+def test_losses_function_and_module_agree():
+    real, fake = torch.randn(5), torch.randn(7)
+    assert torch.allclose(DiscriminatorLoss()(real, fake), discriminator_loss(real, fake))
+    # Reference value: softplus(-0) + softplus(0) = 2 log 2.
+    assert float(discriminator_loss(torch.zeros(2), torch.zeros(2))) == pytest.approx(2 * np.log(2))
+
+
+class _SegTarget(torch.nn.Module):
+    """A real (tiny) segmentation network as target: per-pixel CE against label maps."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, images, targets):
+        logits = self.net(torch.stack(images))
+        labels = torch.stack([t["label_map"] for t in targets])
+        return {"loss_ce": torch.nn.functional.cross_entropy(logits, labels)}
+
+
+def _learned_setup(seed=0):
+    torch.manual_seed(seed)
+    synth = PlacementSynthesizer(in_size=16, width=4, noise_dim=0)
+    disc = RealismDiscriminator(in_size=16, width=4)
+    tap = TaskAwarePaste(synthesizer=synth, discriminator=disc, min_pixels=4)
+    images = [torch.rand(3, 24, 32) for _ in range(2)]
+    targets = [
+        {
+            "boxes": torch.tensor([[2.0, 2.0, 12.0, 12.0]]),
+            "labels": torch.tensor([1]),
+            "label_map": torch.zeros(24, 32, dtype=torch.int64),
+        }
+        for _ in range(2)
+    ]
+    insts = [_square_instance(side=8, label=3), _square_instance(side=6, label=2)]
+    return tap, images, targets, instances_to_rgba(insts, size=16), [3, 2]
+
+
+def test_compose_targets_follow_hard_mask():
+    tap, images, targets, fg, labels = _learned_setup()
+    comps, new_t, aux = tap.compose(images, targets, fg, labels)
+    for c, t, a in zip(comps, new_t, aux["alpha"]):
+        hard = a > 0.5
+        ys, xs = torch.nonzero(hard, as_tuple=True)
+        expect = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+        assert torch.equal(t["boxes"][-1], expect)
+        assert int(t["labels"][-1]) in (2, 3)
+        assert torch.equal(t["label_map"] > 0, hard)
+        assert c.shape == (3, 24, 32) and c.requires_grad
+
+
+def test_online_step_reverses_target_gradient():
+    tap, images, targets, fg, labels = _learned_setup()
+    target = _SegTarget()
+    tap.adv_weight = 0.0
+    for group in tap.opt_g.param_groups:
+        group["lr"] = 0.0  # keep the weights: compare gradients only
+    opt = torch.optim.SGD(target.parameters(), lr=0.0)
+    out = tap.online_step(
+        target_fn=target, target_optimizer=opt, images=images, targets=targets,
+        foregrounds=fg, labels=labels,
+    )  # fmt: skip
+    assert set(out) >= {"loss_ce", "loss_paste_adv", "loss_paste_disc"}
+    got = [p.grad.clone() for p in tap.synthesizer.parameters()]
+    comps, new_t, _ = tap.compose(images, targets, fg, labels)
+    task = target(comps, new_t)["loss_ce"]
+    direct = torch.autograd.grad(task, list(tap.synthesizer.parameters()))
+    for g, d in zip(got, direct):
+        assert torch.allclose(g, -d, atol=1e-6)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in target.parameters())
+
+
+def test_offline_step_leaves_target_alone_and_checkpoint_roundtrip(tmp_path):
+    tap, images, targets, fg, labels = _learned_setup()
+    target = _SegTarget()
+    before = [p.detach().clone() for p in tap.synthesizer.parameters()]
+    tap.offline_step(
+        target_fn=target, images=images, targets=targets, foregrounds=fg, labels=labels
+    )
+    assert all(p.grad is None for p in target.parameters())
+    changed = [not torch.equal(a, b) for a, b in zip(before, tap.synthesizer.parameters())]
+    assert any(changed)
+    tap.save(tmp_path / "tap.pth")
+    other, *_ = _learned_setup(seed=1)
+    other.load(tmp_path / "tap.pth")
+    for a, b in zip(tap.synthesizer.parameters(), other.synthesizer.parameters()):
+        assert torch.equal(a, b)
+    assert other.opt_g.state_dict()["state"].keys() == tap.opt_g.state_dict()["state"].keys()
+    assert other.steps == 1
+    with pytest.raises(ValueError, match="Cannot load"):
+        other.load(tmp_path / "missing.pth")
+
+
+def test_compose_rejects_mismatched_batch():
+    tap, images, targets, fg, labels = _learned_setup()
+    with pytest.raises(ValueError, match="same number"):
+        tap.compose(images[:1], targets, fg, labels)

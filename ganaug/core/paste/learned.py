@@ -87,8 +87,8 @@ def affine_from_params(
     """Sampling matrices for ``F.affine_grid`` placing a square foreground on a background.
 
     The foreground canvas (square, normalised coords ``[-1, 1]``) appears with side
-    ``scale * min(H, W)`` pixels, rotated by ``angle`` radians counter-clockwise, centred at
-    ``shift`` (normalised background coords).
+    ``scale * min(H, W)`` pixels, turned by ``angle`` radians (clockwise as displayed,
+    y down: the left edge goes up), centred at ``shift`` (normalised background coords).
 
     Shape:
         scale, angle: ``(B,)``; shift: ``(B, 2)`` as ``(x, y)``; returns ``(B, 2, 3)``.
