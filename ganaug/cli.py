@@ -19,6 +19,9 @@ SUBCOMMANDS: dict[str, str] = {
     "inspect": "ganaug.inspect.cli",
     "compare": "ganaug.compare",
     "cls-compare": "ganaug.classification.compare",
+    "rebalance": "ganaug.p2p.rebalance_cmd",
+    "synth": "ganaug.p2p.synth_cmd",
+    "p2p-fid": "ganaug.p2p.fid_cmd",
 }
 
 

@@ -33,7 +33,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CAMVID_CLASSES",
     "CAMVID_IGNORE_INDEX",
+    "CAMVID_PALETTE",
     "CAMVID_RULES",
+    "colorize",
     "PlacementRule",
     "Segment",
     "RebalanceResult",
@@ -61,6 +63,11 @@ CAMVID_CLASSES = (
     "Bicyclist",
 )
 CAMVID_IGNORE_INDEX = 11
+# The dataset's usual colours (SegNet tutorial), void black.
+CAMVID_PALETTE = (
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+    (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -531,6 +538,13 @@ def plot_distribution(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def colorize(label: np.ndarray, palette: Sequence[Sequence[int]] = CAMVID_PALETTE) -> np.ndarray:
+    """(H, W) label map -> (H, W, 3) uint8 RGB; ids beyond the palette are black."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[: len(palette)] = np.asarray(palette, np.uint8)
+    return lut[label]
 
 
 def save_report(
