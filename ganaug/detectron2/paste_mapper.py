@@ -130,7 +130,10 @@ class PasteDatasetMapper(DatasetMapper):
             target = annotations_to_target(annos, h, w)
             image, target = self.copy_paste(image, target, rng=self._rng(dataset_dict))
             dataset_dict["annotations"] = crowd + target_to_annotations(
-                target, with_masks=self.use_instance_mask and "masks" in target
+                target,
+                with_masks=self.use_instance_mask and "masks" in target,
+                mask_format="polygon" if self.instance_mask_format == "polygon" else "rle",
+                originals=annos,
             )
 
         sem_seg = None

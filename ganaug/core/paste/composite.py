@@ -198,7 +198,9 @@ def paste_instances(
 
     Returns:
         ``(image, target)``: new arrays. The target gains ``"pasted"`` ``(N,)`` bool marking
-        objects added here, and a pasted object's box always equals its mask's box.
+        objects added here and ``"source_index"`` ``(N,)`` int64, each kept object's index
+        in the input target (-1 for pasted ones); ``"changed"`` ``(N,)`` bool marks kept
+        input objects that lost pixels. A pasted object's box always equals its mask's box.
     """
     if len(instances) != len(placements):
         raise ValueError(
@@ -224,6 +226,7 @@ def paste_instances(
         boxes = [mask_to_box(m) if m.any() else np.zeros(4, np.float32) for m in masks]
     areas = [max(int(m.sum()), 1) for m in masks]
     pasted = [False] * n0
+    changed = [False] * n0
     label_map = target.get("label_map")
     if label_map is not None:
         label_map = np.asarray(label_map).copy()
@@ -274,6 +277,7 @@ def paste_instances(
             if not masks[k][y1:y2, x1:x2].any():
                 continue
             masks[k] = masks[k] & ~full_mask
+            changed[k] = True
             box = mask_to_box(masks[k])
             boxes[k] = box if box is not None else np.zeros(4, np.float32)
         masks.append(full_mask)
@@ -281,6 +285,7 @@ def paste_instances(
         labels.append(int(inst.label))
         areas.append(int(full_mask.sum()))
         pasted.append(True)
+        changed.append(False)
         if label_map is not None:
             label_map[full_mask] = inst.label
 
@@ -298,6 +303,8 @@ def paste_instances(
     if has_masks:
         out["masks"] = np.asarray([masks[k] for k in keep], dtype=bool).reshape(-1, height, width)
     out["pasted"] = np.asarray([pasted[k] for k in keep], dtype=bool)
+    out["source_index"] = np.asarray([k if k < n0 else -1 for k in keep], dtype=np.int64)
+    out["changed"] = np.asarray([changed[k] and k < n0 for k in keep], dtype=bool)
     if label_map is not None:
         out["label_map"] = label_map
     if was_2d:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .copy_paste import _quiet_coco, read_image
@@ -25,6 +26,7 @@ __all__ = [
     "MAGNETIC_TILE_CLASSES",
     "annotations_to_target",
     "target_to_annotations",
+    "mask_to_polygons",
 ]
 
 CAMVID_CLASSES = (
@@ -173,13 +175,48 @@ def annotations_to_target(annos: list[dict], height: int, width: int) -> dict:
     return target
 
 
-def target_to_annotations(target: dict, *, with_masks: bool = True) -> list[dict]:
-    """Paste target -> annotation dicts with xyxy boxes (``bbox_mode`` 0) and RLE masks."""
+def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
+    """Outer contours of a bool mask as COCO polygons (pixel-corner coordinates)."""
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    polys = []
+    for c in contours:
+        if len(c) >= 3:
+            # Contours run through pixel centres; +0.5 puts them on the pixel grid COCO uses.
+            polys.append((c.reshape(-1, 2).astype(np.float64) + 0.5).ravel().tolist())
+    return polys
+
+
+def target_to_annotations(
+    target: dict,
+    *,
+    with_masks: bool = True,
+    mask_format: str = "rle",
+    originals: list[dict] | None = None,
+) -> list[dict]:
+    """Paste target -> annotation dicts with xyxy boxes (``bbox_mode`` 0).
+
+    Args:
+        mask_format: ``"rle"`` (exact) or ``"polygon"`` (outer contours; an object whose
+            mask gives no polygon of 3+ points is left out).
+        originals: the annotation dicts the target was made from (in
+            :func:`annotations_to_target`'s order); objects the paste did not touch
+            (``source_index`` >= 0 and not ``changed``) are passed through unchanged.
+    """
     from pycocotools import mask as mask_utils
 
+    if mask_format not in ("rle", "polygon"):
+        raise ValueError(f"mask_format must be 'rle' or 'polygon', got {mask_format!r}.")
     out = []
     masks = target.get("masks") if with_masks else None
+    src = target.get("source_index")
+    changed = target.get("changed")
+    objs = [a for a in originals if not a.get("iscrowd", 0)] if originals is not None else None
     for k, (box, label) in enumerate(zip(target["boxes"], target["labels"])):
+        if objs is not None and src is not None and src[k] >= 0 and not changed[k]:
+            out.append(objs[int(src[k])])
+            continue
         ann = {
             "bbox": [float(v) for v in box],
             "bbox_mode": XYXY_ABS,
@@ -187,8 +224,14 @@ def target_to_annotations(target: dict, *, with_masks: bool = True) -> list[dict
             "iscrowd": 0,
         }
         if masks is not None:
-            rle = mask_utils.encode(np.asfortranarray(masks[k].astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            ann["segmentation"] = rle
+            if mask_format == "polygon":
+                polys = mask_to_polygons(masks[k])
+                if not polys:
+                    continue
+                ann["segmentation"] = polys
+            else:
+                rle = mask_utils.encode(np.asfortranarray(masks[k].astype(np.uint8)))
+                rle["counts"] = rle["counts"].decode("ascii")
+                ann["segmentation"] = rle
         out.append(ann)
     return out
