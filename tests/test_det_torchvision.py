@@ -1,0 +1,346 @@
+"""torchvision adapter, COCO dataset and COCO evaluation, on real coco128 images."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ganaug.datasets.coco import CocoDetectionDataset, CocoFormatError, collate_detection
+from ganaug.evaluation.coco_eval import evaluate_coco_boxes, write_per_class_metrics
+from ganaug.torchvision import (
+    VARIANTS,
+    GanaugRoIHeads,
+    adversary_parameters,
+    build_faster_rcnn,
+    detector_parameters,
+)
+from ganaug.torchvision.engine import (
+    _make_optimizers,
+    evaluate,
+    load_checkpoint,
+    load_config,
+    save_checkpoint,
+    train_step,
+)
+
+# Small enough for a few seconds per step on 2 CPU cores.
+TINY = dict(
+    fpn_channels=32,
+    min_size=96,
+    max_size=128,
+    representation_size=64,
+    rpn_batch_size_per_image=32,
+    box_batch_size_per_image=32,
+    rpn_post_nms_top_n_train=64,
+    rpn_post_nms_top_n_test=32,
+    asdn_stage1_iters=1,
+    asdn_stage1_max_rois=4,
+)
+TRAIN_CFG = {
+    "lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "warmup_iters": 0,
+    "lr_drop_at": 1.0,
+    "adv_lr": 1e-3,
+    "iters": 10,
+}
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "torchvision"
+# coco128 ids: 86 is the greyscale image, 250 and 508 have no annotations; 9 and 25 have
+# several objects, 49 four small ones (box area < 32 x 32).
+GREY_ID, EMPTY_IDS = 86, (250, 508)
+
+
+@pytest.fixture(scope="module")
+def coco(coco128_dir):
+    return CocoDetectionDataset.from_root(coco128_dir)
+
+
+def _batch(ds, ids):
+    sub = ds.subset(list(ids))
+    return collate_detection([sub[i] for i in range(len(sub))])
+
+
+# -- dataset -------------------------------------------------------------------------------
+
+
+def test_coco128_loads_greyscale_and_empty_images(coco):
+    assert len(coco) == 128 and coco.num_classes == 80
+    assert sum(1 for c in coco.class_counts().values() if c) == 71
+    sub = coco.subset([GREY_ID, *EMPTY_IDS])
+    grey, target = sub[0]
+    assert grey.shape[0] == 3 and torch.equal(grey[0], grey[1])  # grey copied to RGB
+    assert len(target["boxes"]) > 0
+    for i in (1, 2):
+        image, target = sub[i]
+        assert image.shape[0] == 3
+        assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+    # Labels are contiguous and boxes lie within their images.
+    for i in range(0, 128, 16):
+        t = coco.target(i)
+        info = coco.image_info(i)
+        assert ((t["labels"] >= 1) & (t["labels"] <= 80)).all()
+        assert (t["boxes"][:, 2] <= info["width"]).all() and (t["boxes"][:, :2] >= 0).all()
+
+
+def _write_bad_coco(tmp_path):
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "rgb.png")
+    Image.new("L", (20, 20), 128).save(tmp_path / "grey.png")
+    Image.new("RGB", (16, 16)).save(tmp_path / "empty.png")
+    data = {
+        "images": [
+            {"id": 1, "file_name": "rgb.png", "width": 40, "height": 30},
+            {"id": 2, "file_name": "grey.png", "width": 20, "height": 20},
+            {"id": 3, "file_name": "empty.png", "width": 16, "height": 16},
+        ],
+        "categories": [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "bbox": [30, 20, 20, 20], "category_id": 7},  # outside
+            {"id": 11, "image_id": 1, "bbox": [5, 5, 0, 10], "category_id": 3},  # zero area
+            {"id": 12, "image_id": 1, "bbox": [45, 5, 10, 10], "category_id": 3},  # all out
+            {"id": 13, "image_id": 2, "bbox": [2, 2, 5, 5], "category_id": 3, "iscrowd": 1},
+            {"id": 14, "image_id": 2, "bbox": [1, 1, 8, 8], "category_id": 3},
+            {"id": 15, "image_id": 2, "bbox": [1, 1, 8, 8], "category_id": 99},  # unknown cat
+            {"id": 16, "image_id": 2, "bbox": [-3, -3, 8, 8], "category_id": 7},  # outside
+        ],
+    }
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    return ann
+
+
+def test_bad_boxes_are_clipped_or_dropped_with_one_warning_each(tmp_path, caplog):
+    ann = _write_bad_coco(tmp_path)
+    with caplog.at_level(logging.INFO, logger="ganaug.datasets.coco"):
+        ds = CocoDetectionDataset(image_dir=tmp_path, ann_file=ann)
+    # The file path (and pytest's tmp folder name) precede the message: look past it.
+    messages = [r.getMessage().split("ann.json: ", 1)[1] for r in caplog.records]
+    assert sum("clipped" in m for m in messages) == 1
+    assert any("3 boxes reaching outside" in m for m in messages)
+    assert sum("dropped" in m and "side" in m for m in messages) == 1
+    assert any("category_id not in" in m for m in messages)
+    assert any("crowd" in m for m in messages)
+
+    assert ds.class_names == ["dog", "cat"]  # sorted by COCO id: dog 3 -> 1, cat 7 -> 2
+    img, t = ds[0]
+    assert img.shape == (3, 30, 40)
+    assert t["boxes"].tolist() == [[30.0, 20.0, 40.0, 30.0]] and t["labels"].tolist() == [2]
+    img, t = ds[1]
+    assert img.shape == (3, 20, 20)
+    assert t["boxes"].tolist() == [[1.0, 1.0, 9.0, 9.0], [0.0, 0.0, 5.0, 5.0]]
+    assert ds[2][1]["boxes"].shape == (0, 4)
+    assert len(CocoDetectionDataset(image_dir=tmp_path, ann_file=ann, keep_empty=False)) == 2
+
+
+def test_bad_files_raise_clear_errors(tmp_path):
+    ann = _write_bad_coco(tmp_path)
+    (tmp_path / "grey.png").write_bytes(b"not an image")
+    ds = CocoDetectionDataset(image_dir=tmp_path, ann_file=ann)
+    with pytest.raises(CocoFormatError, match="grey.png"):
+        ds[1]
+    (tmp_path / "rgb.png").unlink()
+    with pytest.raises(FileNotFoundError, match="rgb.png"):
+        ds[0]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": []}))
+    with pytest.raises(CocoFormatError, match="annotations"):
+        CocoDetectionDataset(image_dir=tmp_path, ann_file=bad)
+
+
+# -- evaluation ----------------------------------------------------------------------------
+
+
+def test_coco_eval_ground_truth_scores_100_and_writes_per_class(coco, tmp_path):
+    sub = coco.subset([9, 25, 30, 34, GREY_ID, *EMPTY_IDS])
+    preds = []
+    for i in range(len(sub)):
+        t = sub.target(i)
+        preds.append(
+            {"image_id": t["image_id"], "boxes": t["boxes"], "labels": t["labels"],
+             "scores": torch.ones(len(t["labels"]))}
+        )  # fmt: skip
+    res = evaluate_coco_boxes(preds, ann_file=sub.ann_file, cat_ids=sub.cat_ids, image_ids=sub.ids)
+    assert res["AP"] == pytest.approx(100.0) and res["AP50"] == pytest.approx(100.0)
+    present = {sub.class_names[int(lab) - 1] for p in preds for lab in p["labels"]}
+    assert set(res["per_category_AP"]) == present
+    # Dropping every prediction of one class zeroes its AP only.
+    first = preds[0]["labels"][0]
+    keep = [dict(p, **_only(p, p["labels"] != first)) for p in preds]
+    res2 = evaluate_coco_boxes(keep, ann_file=sub.ann_file, cat_ids=sub.cat_ids)
+    name = sub.class_names[int(first) - 1]
+    assert res2["per_category_AP"][name] == 0.0
+    assert all(v == pytest.approx(100.0) for k, v in res2["per_category_AP"].items() if k != name)
+
+    path = write_per_class_metrics(tmp_path, res2, run="gt", class_counts=sub.class_counts())
+    payload = json.loads(path.read_text())
+    assert payload["task"] == "detection" and payload["metric"] == "AP"
+    assert payload["summary"]["mAP"] == pytest.approx(res2["AP"])
+    assert payload["per_class"][name] == 0.0 and payload["class_counts"]["person"] > 0
+
+
+def _only(pred, keep):
+    return {k: pred[k][keep] for k in ("boxes", "labels", "scores")}
+
+
+# -- model ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_real_train_steps_each_variant(coco, variant):
+    torch.manual_seed(0)
+    model = build_faster_rcnn(num_classes=coco.num_classes, variant=variant, **TINY)
+    opt, adv_opt, _ = _make_optimizers(model, TRAIN_CFG)
+    assert (adv_opt is None) == (variant == "baseline")
+    images, targets = _batch(coco, [49, GREY_ID, EMPTY_IDS[0]])
+    adv_before = [p.detach().clone() for p in adversary_parameters(model)]
+    det_before = [p.detach().clone() for p in detector_parameters(model)]
+    stats = []
+    for _ in range(2):
+        losses = train_step(model, images, targets, opt=opt, adv_opt=adv_opt, grad_clip=10.0)
+        assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
+        stats.append(dict(getattr(model.roi_heads, "last_stats", {})))
+    assert any(not torch.equal(a, p) for a, p in zip(det_before, detector_parameters(model)))
+    if variant != "baseline":
+        after = adversary_parameters(model)
+        assert any(not torch.equal(a, p) for a, p in zip(adv_before, after))
+    if variant == "pgan":
+        assert "aux_loss_pgan_disc" in losses and "loss_pgan_gen" in losses
+        assert stats[-1]["pgan/small_fg_rois"] > 0  # image 49 has small objects
+    if "asdn" in variant:
+        assert [s["asdn/stage"] for s in stats] == [1.0, 2.0]
+        assert stats[-1]["asdn/dropped_share"] == pytest.approx(16 / 49)
+    if "astn" in variant:
+        assert stats[-1]["astn/mean_abs_angle_deg"] <= 10.0
+
+
+def test_asdn_astn_leave_inference_unchanged(coco):
+    torch.manual_seed(0)
+    base = build_faster_rcnn(num_classes=coco.num_classes, variant="baseline", **TINY)
+    adv = build_faster_rcnn(num_classes=coco.num_classes, variant="asdn+astn", **TINY)
+    missing, unexpected = adv.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(
+        k.split(".")[1] in ("asdn", "astn", "train_iter") for k in missing
+    )
+    # Give the adversaries weights that would change features if they ran.
+    with torch.no_grad():
+        for p in adversary_parameters(adv):
+            p.normal_()
+    # Lower the score threshold so an untrained model returns boxes to compare.
+    for m in (base, adv):
+        m.roi_heads.score_thresh = 0.0
+        m.eval()
+    images, _ = _batch(coco, [9, 25])
+    with torch.no_grad():
+        out_base, out_adv = base(images), adv(images)
+    assert len(out_base[0]["boxes"]) > 0
+    for a, b in zip(out_base, out_adv):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(a[key], b[key])
+
+
+def test_pgan_runs_at_inference_on_small_proposals_only(coco):
+    torch.manual_seed(0)
+    model = build_faster_rcnn(num_classes=coco.num_classes, variant="pgan", **TINY)
+    heads = model.roi_heads.eval()
+    with torch.no_grad():
+        heads.pgan.generator.out.weight.normal_()
+    inputs = []
+    heads.pgan.generator.register_forward_hook(lambda m, i, o: inputs.append(i[0]))
+    feats = {k: torch.randn(1, 32, s, s) for k, s in (("0", 32), ("1", 16), ("2", 8), ("3", 4))}
+    # Heads used alone see no resize: areas are in input pixels, threshold 32 x 32.
+    boxes = torch.tensor(
+        [[0, 0, 20, 20], [10, 10, 100, 90], [5, 5, 36, 36], [0, 0, 60, 40], [50, 50, 80, 60]],
+        dtype=torch.float32,
+    )
+    with torch.no_grad():
+        heads(feats, [boxes], [(128, 128)])
+        pooled = heads.box_roi_pool(feats, [boxes], [(128, 128)])
+    assert len(inputs) == 1 and inputs[0].shape[0] == 3  # boxes 0, 2 and 4 are small
+    torch.testing.assert_close(inputs[0], pooled[[0, 2, 4]])
+    # Through the full model the resize factor is applied (see GanaugFasterRCNN).
+    inputs.clear()
+    model.eval()
+    images, _ = _batch(coco, [49])
+    with torch.no_grad():
+        model(images)
+    assert heads.original_image_sizes is None  # reset after the forward
+
+
+def test_empty_proposals(coco, caplog):
+    torch.manual_seed(0)
+    model = build_faster_rcnn(num_classes=coco.num_classes, variant="asdn+astn", **TINY)
+    heads = model.roi_heads
+    feats = {k: torch.randn(1, 32, s, s) for k, s in (("0", 32), ("1", 16), ("2", 8), ("3", 4))}
+    shapes = [(128, 128)]
+    heads.eval()
+    result, losses = heads(feats, [torch.zeros(0, 4)], shapes)
+    assert result[0]["boxes"].shape == (0, 4) and losses == {}
+    heads.train()
+    target = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    with caplog.at_level(logging.WARNING):
+        _, losses = heads(feats, [torch.zeros(0, 4)], shapes, target)
+        heads(feats, [torch.zeros(0, 4)], shapes, target)
+    assert all(torch.isfinite(v) and float(v.detach()) == 0.0 for v in losses.values())
+    assert sum("without any proposal" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(ValueError, match="targets are required"):
+        heads(feats, [torch.zeros(0, 4)], shapes)
+
+
+def test_checkpoint_restores_every_network_and_optimizer(coco, tmp_path):
+    torch.manual_seed(0)
+    kw = dict(num_classes=coco.num_classes, variant="pgan", **TINY)
+    model = build_faster_rcnn(**kw)
+    opt, adv_opt, sched = _make_optimizers(model, TRAIN_CFG)
+    images, targets = _batch(coco, [9, 25])
+    train_step(model, images, targets, opt=opt, adv_opt=adv_opt)
+    sched.step()
+    path = save_checkpoint(
+        tmp_path / "ck.pth", model=model, opt=opt, adv_opt=adv_opt, sched=sched,
+        iteration=1, cfg={},
+    )  # fmt: skip
+    expected = train_step(model, images, targets, opt=opt, adv_opt=adv_opt)
+
+    torch.manual_seed(123)
+    fresh = build_faster_rcnn(**kw)
+    f_opt, f_adv, f_sched = _make_optimizers(fresh, TRAIN_CFG)
+    state = load_checkpoint(path, model=fresh, opt=f_opt, adv_opt=f_adv, sched=f_sched)
+    assert state["iteration"] == 1 and int(fresh.roi_heads.train_iter) == 1
+    assert f_adv.state_dict()["state"] and f_opt.state_dict()["state"]
+    got = train_step(fresh, images, targets, opt=f_opt, adv_opt=f_adv)
+    for k in expected:
+        assert got[k] == pytest.approx(expected[k], rel=1e-4, abs=1e-6), k
+
+
+def test_untrained_model_evaluates_on_real_images(coco, tmp_path):
+    torch.manual_seed(0)
+    model = build_faster_rcnn(num_classes=coco.num_classes, variant="pgan", **TINY)
+    model.roi_heads.score_thresh = 0.0
+    sub = coco.subset([9, 25, GREY_ID, EMPTY_IDS[1]])
+    res = evaluate(model, sub, batch_size=2)
+    assert res["num_images"] == 4
+    for key in ("AP", "AP50", "APs", "APm", "APl"):
+        assert res[key] != res[key] or 0.0 <= res[key] <= 100.0
+    assert set(res["per_category_AP"]) == {n for n, c in sub.class_counts().items() if c}
+
+
+def test_config_and_cli(tmp_path):
+    from ganaug.cli import build_parser
+
+    config = CONFIGS / "asdn_astn_tiny_coco128.yaml"
+    cfg = load_config(config, ["train.iters=5"])
+    assert cfg["model"]["variant"] == "asdn+astn" and cfg["train"]["iters"] == 5
+    assert cfg["data"]["val_images"] == "96:128"  # inherited from the base file
+    with pytest.raises(KeyError, match="itters"):
+        load_config(None, ["train.itters=5"])
+    args = build_parser().parse_args(["det-train", "--config", "x.yaml", "train.iters=3"])
+    assert args.opts == ["train.iters=3"] and callable(args.func)
+    assert isinstance(
+        build_faster_rcnn(num_classes=3, variant="astn", **TINY).roi_heads, GanaugRoIHeads
+    )
+    with pytest.raises(ValueError, match="variant must be one of"):
+        build_faster_rcnn(num_classes=3, variant="gan")
