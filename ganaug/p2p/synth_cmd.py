@@ -30,6 +30,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--size", default="120x160", help="HxW to generate at (the training size)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="generate under bfloat16 autocast (about 2x faster on CPUs with AVX512-BF16)",
+    )
     p.set_defaults(func=run)
 
 
@@ -41,13 +46,13 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def make_generate(gen: Pix2PixHDGenerator, size: tuple[int, int]):
-    """Closure: list of (h, w) uint8 label maps at ``size`` -> list of uint8 RGB images."""
+def make_generate(gen: Pix2PixHDGenerator, *, bf16: bool = False):
+    """Closure: list of (h, w) uint8 label maps -> list of (h, w, 3) uint8 RGB images."""
 
     def generate(labels: list[np.ndarray]) -> list[np.ndarray]:
         batch = torch.from_numpy(np.stack(labels).astype(np.int64))
-        with torch.inference_mode():
-            out = gen(batch)
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            out = gen(batch).float()
         imgs = ((out.permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
         return list(imgs)
 
@@ -71,13 +76,13 @@ def run(args) -> int:
         out,
         names=names,
         labels=small,
-        generate=make_generate(gen, size),
+        generate=make_generate(gen, bf16=args.bf16),
         seed=args.seed,
         checkpoint=args.checkpoint,
         records=result.records,
         class_stats=class_stats(result, class_names),
         batch_size=args.batch_size,
-        extra={"size_hw": list(size), "generator": gen.settings},
+        extra={"size_hw": list(size), "generator": gen.settings, "bf16": args.bf16},
     )
     dt = time.perf_counter() - t0
     print((report / "distribution.md").read_text())
