@@ -262,3 +262,48 @@ def test_missing_checkpoint_is_named(tmp_path):
             seed=0,
             checkpoint=tmp_path / "nowhere.pth",
         )
+
+
+# ----------------------------------------------------------------------------- mixed dataset
+
+
+def test_mixed_dataset_ratio(tmp_path, camvid_dir):
+    pytest.importorskip("mmseg", reason="the mixed dataset is an mmseg dataset wrapper")
+    import ganaug.mmseg  # noqa: F401  (registers CamVidDataset)
+    from ganaug.mmseg.mixed_dataset import MixedRealSyntheticDataset
+
+    names, labels = _items(5)
+    synth = write_synthetic_set(
+        tmp_path / "synth", names=names, labels=labels, generate=_fake_generate([]), seed=0,
+        checkpoint=None,
+    )  # fmt: skip
+    real = dict(
+        type="CamVidDataset",
+        data_root=str(camvid_dir),
+        data_prefix=dict(img_path="train", seg_map_path="trainannot"),
+        indices=30,
+        pipeline=[],
+    )
+    syn = dict(
+        type="CamVidDataset",
+        data_root=str(synth),
+        data_prefix=dict(img_path="images", seg_map_path="labels"),
+        pipeline=[],
+    )
+    ds = MixedRealSyntheticDataset(real=real, synthetic=syn, ratio=0.25, max_ratio=0.4, seed=0)
+    assert len(ds) == 30 + 20  # 0.4 / 0.6 * 30 extra slots
+    items = [ds[i] for i in range(len(ds))]
+    from_synth = [str(synth) in it["img_path"] for it in items]
+    assert sum(from_synth) == round(0.25 * len(ds))
+    assert sum(from_synth) == sum(ds.is_synthetic(i) for i in range(len(ds)))
+    # all 5 synthetic samples are used before any repeats
+    assert len({it["img_path"] for it, s in zip(items, from_synth) if s}) == 5
+    ds.set_ratio(0.1)
+    assert sum(ds.is_synthetic(i) for i in range(len(ds))) == 5
+    with pytest.raises(ValueError, match="outside"):
+        ds.set_ratio(0.5)
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "labels").mkdir()
+    with pytest.raises(ValueError, match="synthetic dataset is empty"):
+        MixedRealSyntheticDataset(real=real, synthetic={**syn, "data_root": str(empty)})
