@@ -47,11 +47,13 @@ model = dict(
         mean=[127.5, 127.5, 127.5],  # images to [-1, 1], the generator's tanh range
         std=[127.5, 127.5, 127.5],
         bgr_to_rgb=True,
+        size=size_hw,  # frames are resized to it already: no padding happens
         seg_pad_val=255,
     ),
 )
-# Paper: Adam, lr 2e-4, beta1 0.5 for both networks.
+# Paper: Adam, lr 2e-4, beta1 0.5 for both networks; one optimizer per sub-network.
 optim_wrapper = dict(
+    constructor="AdversarialOptimWrapperConstructor",
     generator=dict(type="OptimWrapper", optimizer=dict(type="Adam", lr=2e-4, betas=(0.5, 0.999))),
     discriminator=dict(
         type="OptimWrapper", optimizer=dict(type="Adam", lr=2e-4, betas=(0.5, 0.999))

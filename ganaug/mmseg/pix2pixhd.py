@@ -8,8 +8,9 @@ dataset: the image is the target, ``gt_sem_seg`` the condition. Config sketch::
     model = dict(
         type='Pix2PixHD', num_labels=12, void_label=11, preset='slim',
         data_preprocessor=dict(type='SegDataPreProcessor', mean=[127.5] * 3,
-                               std=[127.5] * 3, bgr_to_rgb=True))
+                               std=[127.5] * 3, bgr_to_rgb=True, size=(120, 160)))
     optim_wrapper = dict(
+        constructor='AdversarialOptimWrapperConstructor',  # one wrapper per sub-network
         generator=dict(type='OptimWrapper', optimizer=dict(type='Adam', lr=2e-4)),
         discriminator=dict(type='OptimWrapper', optimizer=dict(type='Adam', lr=2e-4)))
     custom_hooks = [dict(type='Pix2PixHDSampleHook', interval=200)]
