@@ -224,7 +224,8 @@ def paste_instances(
     boxes = [np.asarray(b, dtype=np.float32) for b in target.get("boxes", [])]
     if not boxes:
         boxes = [mask_to_box(m) if m.any() else np.zeros(4, np.float32) for m in masks]
-    areas = [max(int(m.sum()), 1) for m in masks]
+    areas = [max(int(np.count_nonzero(m)), 1) for m in masks]
+    visible = list(areas)
     pasted = [False] * n0
     changed = [False] * n0
     label_map = target.get("label_map")
@@ -254,7 +255,7 @@ def paste_instances(
             continue
         sx, sy = x1 - pl.x, y1 - pl.y
         sub = inst.mask[sy : sy + (y2 - y1), sx : sx + (x2 - x1)]
-        if int(sub.sum()) < min_visible_pixels:
+        if int(np.count_nonzero(sub)) < min_visible_pixels:
             logger.debug("Instance %s: too few visible pixels, skipped.", inst.source)
             continue
         full_mask = np.zeros((height, width), dtype=bool)
@@ -274,26 +275,31 @@ def paste_instances(
         )
 
         for k in range(len(masks)):
-            if not masks[k][y1:y2, x1:x2].any():
+            # Work inside the paste's box only: masks are full-size, pastes are small.
+            overlap = masks[k][y1:y2, x1:x2] & sub
+            lost = int(np.count_nonzero(overlap))
+            if not lost:
                 continue
-            masks[k] = masks[k] & ~full_mask
+            masks[k] = masks[k].copy()
+            masks[k][y1:y2, x1:x2] &= ~sub
+            visible[k] -= lost
             changed[k] = True
             box = mask_to_box(masks[k])
             boxes[k] = box if box is not None else np.zeros(4, np.float32)
         masks.append(full_mask)
         boxes.append(mask_to_box(full_mask))
         labels.append(int(inst.label))
-        areas.append(int(full_mask.sum()))
+        areas.append(int(np.count_nonzero(sub)))
+        visible.append(areas[-1])
         pasted.append(True)
         changed.append(False)
         if label_map is not None:
             label_map[full_mask] = inst.label
 
     keep = []
-    for k, m in enumerate(masks):
-        visible = int(m.sum())
-        if visible < min_visible_pixels or 1.0 - visible / areas[k] > occlusion_thresh:
-            logger.debug("Dropping object %d: %d of %d pixels visible.", k, visible, areas[k])
+    for k in range(len(masks)):
+        if visible[k] < min_visible_pixels or 1.0 - visible[k] / areas[k] > occlusion_thresh:
+            logger.debug("Dropping object %d: %d of %d pixels visible.", k, visible[k], areas[k])
             continue
         keep.append(k)
 
