@@ -521,3 +521,24 @@ def test_recommend_nothing_for_balanced_data(tmp_path):
             "recommendations": [],
         }
     )
+
+
+def test_labelmap_memory_does_not_grow_with_image_count(tmp_path):
+    """Streaming: 18 more label maps of 64 kB each (decoded) add far less than one map to the
+    peak of traced allocations (NumPy's included); only file names are kept per file."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    maps = [np.kron(rng.integers(0, 5, (32, 32)), np.ones((8, 8))) for _ in range(24)]
+    _write_labelmaps(tmp_path / "few", maps[:6])
+    _write_labelmaps(tmp_path / "many", maps)
+    peaks = []
+    for name in ("few", "many"):
+        splits = find_labelmap_splits(tmp_path / name)
+        inspect_labelmaps(splits)  # warm caches (imports, codecs) outside the measurement
+        tracemalloc.start()
+        r = inspect_labelmaps(splits)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert r["num_images"] == 24
+    assert peaks[1] - peaks[0] < 18 * 4096, peaks  # < 4 kB per extra 64 kB map

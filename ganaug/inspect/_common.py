@@ -130,6 +130,27 @@ class ScaleAccumulator:
         return out
 
 
+class ProblemLog:
+    """Count of one kind of problem plus the first few examples: memory stays flat however
+    many files have the problem."""
+
+    def __init__(self, limit: int = MAX_EXAMPLES) -> None:
+        self.count = 0
+        self.examples: list = []
+        self.limit = limit
+
+    def add(self, example) -> None:
+        self.count += 1
+        if len(self.examples) < self.limit:
+            self.examples.append(example)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "examples": list(self.examples)}
+
+
 def finite_or_none(value: float) -> float | None:
     """``float(value)``, or ``None`` for NaN/inf so that the JSON stays standard."""
     value = float(value)

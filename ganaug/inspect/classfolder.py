@@ -18,8 +18,8 @@ from PIL import Image, UnidentifiedImageError
 from ganaug.inspect._common import (
     IMAGE_EXTENSIONS,
     InspectError,
+    ProblemLog,
     ScaleAccumulator,
-    examples,
     imbalance_ratio,
 )
 from ganaug.inspect.formats import class_folders
@@ -104,12 +104,12 @@ def inspect_classfolders(
     fg = np.zeros(k, dtype=np.int64)
     mask_px = np.zeros(k, dtype=np.int64)
     scale = ScaleAccumulator(num_classes=k)
-    unreadable, outside, mask_mismatch = [], {}, []
+    unreadable, outside, mask_mismatch = ProblemLog(), {}, ProblemLog()
 
     def fail(path: Path, msg: str, err: Exception | None = None) -> None:
         if strict:
             raise InspectError(f"{path}: {msg}") from err
-        unreadable.append({"file": str(path), "error": msg})
+        unreadable.add({"file": str(path), "error": msg})
         logger.warning("%s: %s", path, msg)
 
     for folder in folders:
@@ -137,9 +137,7 @@ def inspect_classfolders(
                 fail(mpath, f"cannot be decoded as a mask: {err}", err)
                 continue
             if mask.shape != (h, w):
-                mask_mismatch.append(
-                    {"file": str(mpath), "image": [h, w], "mask": list(mask.shape)}
-                )
+                mask_mismatch.add({"file": str(mpath), "image": [h, w], "mask": list(mask.shape)})
             binary = (mask >= MASK_THRESHOLD).astype(np.uint8)
             n_masks[c] += 1
             mask_px[c] += binary.size
@@ -183,16 +181,13 @@ def inspect_classfolders(
         "scale": scale.overall() if n_masks.sum() else None,
         "occlusion": None,
         "problems": {
-            "unreadable_files": {"count": len(unreadable), "examples": examples(unreadable)},
+            "unreadable_files": unreadable.to_dict(),
             "labels_outside_classes": {
                 "count": sum(outside.values()),
                 "unit": "images in folders that are not declared classes",
                 "folders": outside,
             },
             "declared_classes_without_folder": missing,
-            "mask_size_mismatch": {
-                "count": len(mask_mismatch),
-                "examples": examples(mask_mismatch),
-            },
+            "mask_size_mismatch": mask_mismatch.to_dict(),
         },
     }

@@ -8,6 +8,7 @@ when measuring scale: a label map has no instances, hence no occlusion figure ei
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from ganaug.inspect._common import (
     IMAGE_EXTENSIONS,
     InspectError,
+    ProblemLog,
     ScaleAccumulator,
     examples,
     imbalance_ratio,
@@ -78,21 +80,32 @@ def _key(name: str, suffix: str) -> str:
 def pair_files(split: Split, *, img_suffix: str = "", seg_suffix: str = ""):
     """Match label files to image files by name.
 
+    Only file names are held (about 0.1 kB each), never pixel data.
+
     Returns ``(pairs, images_without_label, labels_without_image)`` where ``pairs`` is a
-    list of ``(image_path | None, label_path)``.
+    generator of ``(image_path | None, label_path)``, sorted by label name.
     """
 
-    def listing(folder: Path) -> list[Path]:
-        return sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+    def names(folder: Path) -> list[str]:
+        with os.scandir(folder) as it:
+            return sorted(
+                e.name
+                for e in it
+                if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+            )
 
-    images = {_key(p.name, img_suffix): p for p in listing(split.images)}
-    labels = {_key(p.name, seg_suffix): p for p in listing(split.labels)}
-    pairs = [(images.get(k), p) for k, p in labels.items()]
-    no_label = [str(images[k]) for k in images if k not in labels]
-    no_image = [str(p) for k, p in labels.items() if k not in images]
-    return pairs, no_label, no_image
+    images = {_key(n, img_suffix): n for n in names(split.images)}
+    labels = names(split.labels)
+    label_keys = {_key(n, seg_suffix) for n in labels}
+    no_label = [str(split.images / images[k]) for k in images if k not in label_keys]
+    no_image = [str(split.labels / n) for n in labels if _key(n, seg_suffix) not in images]
+
+    def pairs():
+        for n in labels:
+            img = images.get(_key(n, seg_suffix))
+            yield (split.images / img if img else None), split.labels / n
+
+    return pairs(), no_label, no_image
 
 
 def inspect_labelmaps(
@@ -127,7 +140,7 @@ def inspect_labelmaps(
     pixels = np.zeros(256, dtype=np.int64)
     presence = np.zeros(256, dtype=np.int64)
     scale = ScaleAccumulator(num_classes=256)
-    unreadable, empty, size_mismatch = [], [], []
+    unreadable, empty, size_mismatch = ProblemLog(), ProblemLog(), ProblemLog()
     no_label, no_image = [], []
     outside_files: dict[int, int] = {}
     outside_examples: list[str] = []
@@ -137,14 +150,14 @@ def inspect_labelmaps(
         pairs, nl, ni = pair_files(split, img_suffix=img_suffix, seg_suffix=seg_suffix)
         no_label += nl
         no_image += ni
-        logger.info("%s: %d label maps in %s", split.name, len(pairs), split.labels)
+        logger.info("%s: reading label maps in %s", split.name, split.labels)
         for image_path, label_path in pairs:
             try:
                 lab = read_label_map(label_path)
             except InspectError as err:
                 if strict:
                     raise
-                unreadable.append({"file": str(label_path), "error": str(err)})
+                unreadable.add({"file": str(label_path), "error": str(err)})
                 logger.warning("%s", err)
                 continue
             n_maps += 1
@@ -162,7 +175,7 @@ def inspect_labelmaps(
             present = present[present != ignore_index]
             presence[present] += 1
             if present.size == 0:
-                empty.append(str(label_path))
+                empty.add(str(label_path))
             if declared is not None:
                 outside = present[present >= len(declared)]
                 for v in outside.tolist():
@@ -228,11 +241,11 @@ def inspect_labelmaps(
         "scale": overall.overall() if components else None,
         "occlusion": None,
         "problems": {
-            "images_without_annotations": {"count": len(empty), "examples": examples(empty)},
+            "images_without_annotations": empty.to_dict(),
             "images_without_label_map": {"count": len(no_label), "examples": examples(no_label)},
             "label_maps_without_image": {"count": len(no_image), "examples": examples(no_image)},
-            "unreadable_files": {"count": len(unreadable), "examples": examples(unreadable)},
-            "size_mismatch": {"count": len(size_mismatch), "examples": examples(size_mismatch)},
+            "unreadable_files": unreadable.to_dict(),
+            "size_mismatch": size_mismatch.to_dict(),
             "labels_outside_classes": {
                 "count": sum(outside_files.values()),
                 "unit": "label maps containing the value",
@@ -258,7 +271,9 @@ def _add_regions(lab: np.ndarray, present: np.ndarray, scale: ScaleAccumulator) 
         scale.add(classes=np.concatenate(cls), areas=np.concatenate(areas))
 
 
-def _check_image(path: Path, shape, mismatch: list, unreadable: list, strict: bool) -> None:
+def _check_image(
+    path: Path, shape, mismatch: ProblemLog, unreadable: ProblemLog, strict: bool
+) -> None:
     """Header-only read of the image: it must open and match the label map's size."""
     try:
         with Image.open(path) as img:
@@ -266,7 +281,7 @@ def _check_image(path: Path, shape, mismatch: list, unreadable: list, strict: bo
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         if strict:
             raise InspectError(f"{path}: cannot be read as an image: {err}") from err
-        unreadable.append({"file": str(path), "error": f"cannot be read as an image: {err}"})
+        unreadable.add({"file": str(path), "error": f"cannot be read as an image: {err}"})
         return
     if (h, w) != tuple(shape):
-        mismatch.append({"file": str(path), "image": [h, w], "label": list(shape)})
+        mismatch.add({"file": str(path), "image": [h, w], "label": list(shape)})
