@@ -121,12 +121,12 @@ def write_label_maps(root: Path, n: int, size: int, seed: int) -> None:
 _CHILD = """
 import sys, time
 from ganaug.inspect import inspect_dataset
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 r = inspect_dataset(sys.argv[1], ignore_index=255, recommend=False)
-dt = time.perf_counter() - t0
+dt, dc = time.perf_counter() - t0, time.process_time() - c0
 # VmHWM: this process's own peak RSS (ru_maxrss can carry the parent's across fork+exec).
 hwm = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(r["num_images"], dt, hwm)
+print(r["num_images"], dt, dc, hwm)
 """
 
 
@@ -138,13 +138,14 @@ def bench_labelmaps(args, tmp: Path) -> list[dict]:
         proc = subprocess.run(
             [sys.executable, "-c", _CHILD, str(root)], capture_output=True, text=True, check=True
         )
-        count, seconds, rss_kb = proc.stdout.split()
+        count, seconds, cpu, rss_kb = proc.stdout.split()
         out.append(
             {
                 "label_maps": int(count),
                 "size": args.size,
                 "seconds": round(float(seconds), 2),
-                "ms_per_map": round(1000 * float(seconds) / int(count), 2),
+                "cpu_s": round(float(cpu), 2),
+                "cpu_ms_per_map": round(1000 * float(cpu) / int(count), 2),
                 "peak_rss_mb": round(int(rss_kb) / 1024, 1),
             }
         )
