@@ -1,0 +1,102 @@
+"""``GanaugTrainer``: detectron2's DefaultTrainer plus the adversary hook and COCO metrics.
+
+* :meth:`GanaugTrainer.build_hooks` adds :class:`AdversaryOptimizerHook` when the model has
+  a ganaug head, so its optimizer is saved with the trainer's checkpoint.
+* :meth:`GanaugTrainer.build_evaluator` is detectron2's ``COCOEvaluator`` (AP, AP50, AP75,
+  APs/m/l and per-category AP, box task).
+* :meth:`GanaugTrainer.test` also writes ``per_class_metrics.json`` (see
+  :func:`write_per_class_metrics`) into ``OUTPUT_DIR/inference/<dataset>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+
+from .data import class_counts
+from .hooks import AdversaryOptimizerHook, find_adversaries
+
+__all__ = ["GanaugTrainer", "per_class_metrics", "write_per_class_metrics"]
+
+logger = logging.getLogger(__name__)
+
+
+def per_class_metrics(
+    bbox_results: dict, *, run: str, counts: dict[str, int] | None = None
+) -> dict:
+    """ganaug's per-class record from ``COCOEvaluator``'s ``results["bbox"]``.
+
+    Categories without ground truth in the evaluated set (AP = NaN) are left out.
+    AP values stay in COCOEvaluator's percent scale.
+    """
+    per_class = {}
+    for key, value in bbox_results.items():
+        if key.startswith("AP-") and not math.isnan(value):
+            per_class[key[3:]] = float(value)
+    summary = {
+        k: float(bbox_results[k])
+        for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+        if k in bbox_results and not math.isnan(bbox_results[k])
+    }
+    if "AP" in summary:
+        summary["mAP"] = summary["AP"]
+    record = {
+        "task": "detection",
+        "metric": "AP",
+        "per_class": per_class,
+        "summary": summary,
+        "run": run,
+    }
+    if counts:
+        record["class_counts"] = counts
+    return record
+
+
+def write_per_class_metrics(path: str | os.PathLike, record: dict) -> None:
+    """Write ``record`` as JSON atomically (temp file + rename)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class GanaugTrainer(DefaultTrainer):
+    """DefaultTrainer with the adversary optimizer hook and COCO evaluation."""
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        if find_adversaries(self.model):
+            # Before the checkpointer and writers: its state joins the trainer checkpoint
+            # whatever the order, but its scalars should be written in the same iteration.
+            hooks.insert(1, AdversaryOptimizerHook.from_config(self.cfg, self.model))
+        return hooks
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and isinstance(results, dict):
+            counts = class_counts(cfg.DATASETS.TRAIN)
+            run = os.path.basename(os.path.normpath(cfg.OUTPUT_DIR))
+            # One dataset gives its results directly, several give {name: results}.
+            per_dataset = {cfg.DATASETS.TEST[0]: results} if "bbox" in results else results
+            for name, res in per_dataset.items():
+                if "bbox" not in res:
+                    continue
+                record = per_class_metrics(res["bbox"], run=run, counts=counts)
+                path = os.path.join(cfg.OUTPUT_DIR, "inference", name, "per_class_metrics.json")
+                write_per_class_metrics(path, record)
+                logger.info("ganaug: per-class AP of %s written to %s", name, path)
+        return results
