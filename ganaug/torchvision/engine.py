@@ -71,6 +71,7 @@ DEFAULTS: dict = {
         "log_period": 20,
         "checkpoint_period": 0,  # 0: only the final checkpoint
         "eval_at_end": True,
+        "eval_train": False,  # also evaluate on the training images (how well it fits)
         "eval_batch_size": 4,
     },
     "out_dir": "work_dirs/det/run",
@@ -386,6 +387,8 @@ def train(cfg: dict, *, resume: bool = False) -> dict:
             ev["APm"],
             ev["APl"],
         )
+    if tcfg["eval_train"]:
+        result["eval_train"] = evaluate(model, train_ds, batch_size=int(tcfg["eval_batch_size"]))
     tmp = out_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, default=float))
     os.replace(tmp, out_dir / "metrics.json")
