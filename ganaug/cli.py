@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "rebalance": "ganaug.p2p.rebalance_cmd",
     "synth": "ganaug.p2p.synth_cmd",
     "p2p-fid": "ganaug.p2p.fid_cmd",
+    "paste-learn": "ganaug.torchvision.paste",
 }
 
 

@@ -207,3 +207,28 @@ def test_detectron2_paste_mapper(coco128_dir):
     np.testing.assert_allclose(inst.gt_boxes.tensor[-1].numpy(), box, atol=2.0)
     # Evaluation mapping is the plain DatasetMapper path: no pasting, no annotations.
     assert "instances" not in PasteDatasetMapper(cfg, False)(dicts[0])
+
+
+def test_paste_learn_offline_cli(tmp_path, coco128_dir, monkeypatch):
+    """`ganaug paste-learn`: offline steps against a saved detector, atomic COCO export."""
+    import json
+
+    from ganaug.cli import main
+    from ganaug.torchvision import build_faster_rcnn
+
+    monkeypatch.setenv("GANAUG_DATA_ROOT", str(coco128_dir.parent))
+    weights = tmp_path / "det.pth"
+    torch.save(build_faster_rcnn(num_classes=80, min_size=96, max_size=128).state_dict(), weights)
+    out = tmp_path / "synth"
+    argv = ["paste-learn", "--detector", "tiny", "--detector-weights", str(weights),
+            "--min-size", "96", "--steps", "1", "--batch", "1", "--num-out", "2",
+            "--bank-images", "8", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    coco = json.loads((out / "annotations.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(coco["images"]) == 2 == manifest["num_images"]
+    assert manifest["num_objects"] == len(coco["annotations"]) >= 2
+    assert not (tmp_path / ".synth.partial").exists()
+    assert (tmp_path / "synth_synthesizer.pth").is_file()
+    with pytest.raises(ValueError, match="does not fit"):
+        main(argv[:2] + ["mobilenet"] + argv[3:])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -191,3 +192,119 @@ def detector_loss_fn(model: nn.Module, *, freeze_bn: bool = False):
         return model(list(images), clean)
 
     return fn
+
+
+# -- `ganaug paste-learn`: offline training against a saved detector --------------------
+def add_parser(subparsers) -> None:
+    """Register ``ganaug paste-learn`` (see :func:`run_paste_learn`)."""
+    p = subparsers.add_parser(
+        "paste-learn",
+        help="train the task-aware paste synthesizer against a saved detector, export data",
+        description=(
+            "Offline learned compositing (Tripathi et al. 2019): the synthesizer learns "
+            "placements that raise a frozen detector's loss while a discriminator keeps "
+            "composites realistic; then composites are written as a COCO set."
+        ),
+    )
+    p.add_argument("--ann-file", help="COCO json (default: coco128 under the data root)")
+    p.add_argument("--image-dir", help="image folder of --ann-file")
+    p.add_argument("--detector-weights", help="state dict / checkpoint of the target detector")
+    p.add_argument("--detector", choices=("mobilenet", "tiny"), default="mobilenet",
+                   help="architecture of the target: torchvision MobileNetV3-FPN Faster R-CNN "
+                   "or ganaug's tiny-backbone Faster R-CNN")  # fmt: skip
+    p.add_argument("--min-size", type=int, default=320)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--selection", default="inverse", help="uniform|inverse (foreground classes)")
+    p.add_argument("--num-out", type=int, default=64, help="composites to export")
+    p.add_argument("--out", required=True, help="output folder of the COCO set")
+    p.add_argument("--bank-images", type=int, default=0,
+                   help="cut foregrounds from the first N images only (0 = all)")  # fmt: skip
+    p.add_argument("--resume", help="TaskAwarePaste checkpoint to continue from")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_paste_learn)
+
+
+def run_paste_learn(args) -> int:
+    """Offline loop: frozen detector, synthesizer + discriminator steps, then export."""
+    from ganaug.core.paste import InstanceBank
+    from ganaug.core.paste.data import CocoDetection, coco128_paths
+    from ganaug.core.paste.factory import make_sampler
+    from ganaug.core.paste.learned import TaskAwarePaste, export_composites, instances_to_rgba
+    from ganaug.data_root import dataset_dir
+
+    if bool(args.ann_file) != bool(args.image_dir):
+        raise SystemExit("paste-learn: give both --ann-file and --image-dir, or neither.")
+    if args.ann_file:
+        ann, img_dir = args.ann_file, args.image_dir
+    else:
+        ann, img_dir = coco128_paths(dataset_dir("coco128"))
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    ds = CocoDetection(ann, img_dir, with_masks=False)
+    bank = InstanceBank.from_coco(
+        ann, img_dir, cat_to_label=ds.cat_to_label, min_area=256, max_per_class=50,
+        image_ids=ds.ids[: args.bank_images] if args.bank_images else None,
+    )  # fmt: skip
+    sampler = make_sampler(args.selection, counts=ds.class_counts(), classes=bank.classes)
+    num_classes = len(ds.cat_ids)
+    if args.detector == "mobilenet":
+        model = build_target_detector(num_classes=num_classes, min_size=args.min_size,
+                                      max_size=args.min_size * 4 // 3)  # fmt: skip
+    else:
+        from ganaug.torchvision import build_faster_rcnn
+
+        model = build_faster_rcnn(num_classes=num_classes, min_size=args.min_size,
+                                  max_size=args.min_size * 4 // 3)  # fmt: skip
+    if args.detector_weights:
+        load_detector_checkpoint(model, args.detector_weights)
+    if not args.detector_weights:
+        logger.warning("paste-learn: no --detector-weights; the target is an untrained detector.")
+    model.requires_grad_(False)
+    target_fn = detector_loss_fn(model, freeze_bn=True)
+    tap = TaskAwarePaste()
+    if args.resume:
+        tap.load(args.resume)
+    has_objects = [i for i in range(len(ds)) if len(ds.coco.getAnnIds(imgIds=ds.ids[i])) > 0]
+
+    def batch():
+        idx = rng.choice(has_objects, size=args.batch, replace=False)
+        images, targets = [], []
+        for i in idx:
+            im, t = ds[int(i)]
+            images.append(torch.from_numpy(im).permute(2, 0, 1).float() / 255)
+            targets.append({"boxes": torch.from_numpy(t["boxes"]),
+                            "labels": torch.from_numpy(t["labels"])})  # fmt: skip
+        classes = sampler.sample(rng, args.batch)
+        insts = [bank[c][int(rng.integers(len(bank[c])))] for c in classes]
+        return images, targets, instances_to_rgba(insts, size=tap.fg_size), classes
+
+    from tqdm import tqdm
+
+    for step in tqdm(range(args.steps), desc="paste-learn", disable=args.steps < 10):
+        images, targets, fg, classes = batch()
+        losses = tap.offline_step(target_fn=target_fn, images=images, targets=targets,
+                                  foregrounds=fg, labels=classes)  # fmt: skip
+        if step % 20 == 0:
+            logger.info("step %d: %s", step, {k: round(v, 4) for k, v in losses.items()})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tap.save(out.parent / f"{out.name}_synthesizer.pth")
+    items = []
+    tap.synthesizer.eval()
+    with torch.no_grad():
+        while len(items) < args.num_out:
+            images, targets, fg, classes = batch()
+            comps, new_t, _ = tap.compose(images, targets, fg, classes)
+            items.extend(zip(comps, new_t))
+    label_to_cat = {v: k for k, v in ds.cat_to_label.items()}
+    export_composites(
+        out, items[: args.num_out],
+        categories=[ds.coco.cats[c] for c in ds.cat_ids],
+        label_to_cat=label_to_cat,
+        manifest={"source": str(ann), "detector": args.detector,
+                  "detector_weights": args.detector_weights, "steps": args.steps,
+                  "seed": args.seed, "selection": args.selection},
+    )  # fmt: skip
+    logger.info("Wrote %d composites to %s", len(items[: args.num_out]), out)
+    return 0

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -52,6 +53,7 @@ __all__ = [
     "generator_adversarial_loss",
     "GeneratorAdversarialLoss",
     "TaskAwarePaste",
+    "export_composites",
 ]
 
 TargetFn = Callable[[list[torch.Tensor], list[dict]], dict]
@@ -550,3 +552,62 @@ def _mask_box(mask: torch.Tensor) -> torch.Tensor:
     if len(ys) == 0:
         return torch.zeros(4, device=mask.device)
     return torch.stack([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1]).float()
+
+
+def export_composites(
+    out_dir: str | os.PathLike,
+    items: Sequence[tuple[torch.Tensor, dict]],
+    *,
+    categories: Sequence[dict],
+    label_to_cat: dict[int, int] | None = None,
+    manifest: dict | None = None,
+) -> Path:
+    """Write composites as a COCO-format set, atomically (staging folder + rename).
+
+    Layout: ``OUT/images/000000.png``, ``OUT/annotations.json`` (boxes; category ids via
+    ``label_to_cat``), ``OUT/manifest.json`` (``manifest`` plus counts). An existing
+    ``OUT`` is replaced only once the new set is complete.
+
+    Args:
+        items: ``(image (3, H, W) in [0, 1], target with boxes/labels)`` pairs.
+        categories: COCO ``categories`` entries for the JSON.
+    """
+    import json
+    import shutil
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial"
+    if stage.exists():
+        shutil.rmtree(stage)
+    (stage / "images").mkdir(parents=True)
+    images, annos, per_class = [], [], {}
+    for i, (img, tgt) in enumerate(items):
+        arr = (img.detach().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        arr = arr.permute(1, 2, 0).numpy()
+        name = f"{i:06d}.png"
+        if not cv2.imwrite(str(stage / "images" / name), cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"export_composites: could not write {stage / 'images' / name}.")
+        images.append({"id": i + 1, "file_name": name, "height": arr.shape[0],
+                       "width": arr.shape[1]})  # fmt: skip
+        for box, lab in zip(tgt["boxes"].tolist(), tgt["labels"].tolist()):
+            cat = (label_to_cat or {}).get(int(lab), int(lab))
+            x1, y1, x2, y2 = box
+            annos.append({"id": len(annos) + 1, "image_id": i + 1, "category_id": cat,
+                          "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                          "iscrowd": 0})  # fmt: skip
+            per_class[cat] = per_class.get(cat, 0) + 1
+    coco = {"images": images, "annotations": annos, "categories": list(categories)}
+    (stage / "annotations.json").write_text(json.dumps(coco))
+    info = dict(manifest or {})
+    info.update(num_images=len(images), num_objects=len(annos), objects_per_category=per_class)
+    (stage / "manifest.json").write_text(json.dumps(info, indent=1))
+    old = out.parent / f".{out.name}.old"
+    if out.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old.exists():
+        shutil.rmtree(old)
+    return out
