@@ -311,16 +311,25 @@ def compare_runs(runs: list[Run], *, class_counts: dict[str, int] | None = None)
     }
 
 
-def _cell(v, signed: bool = False) -> str:
+def _decimals(result: dict) -> int:
+    """Metrics on a 0-1 scale need a third decimal; percentages read well with two."""
+    values = [v for row in result["classes"] for v in row["values"].values() if v is not None]
+    return 3 if values and max(abs(v) for v in values) <= 1.0 else 2
+
+
+def _cell(v, decimals: int, signed: bool = False) -> str:
     if v is None:
         return "n/a"
-    return f"{v:+.2f}" if signed else f"{v:.2f}"
+    if round(v, decimals) == 0:
+        v = 0.0  # no "-0.00"
+    return f"{v:+.{decimals}f}" if signed else f"{v:.{decimals}f}"
 
 
 def format_table(result: dict, *, markdown: bool = False) -> str:
     """The comparison as a text (or markdown) table."""
     runs, base = result["runs"], result["baseline"]
     others = runs[1:]
+    d = _decimals(result)
     header = ["class", "train count", *runs, *(f"delta {r}" for r in others)]
     body = []
     for row in result["classes"]:
@@ -328,8 +337,8 @@ def format_table(result: dict, *, markdown: bool = False) -> str:
             [
                 row["class"],
                 "" if row["count"] is None else f"{row['count']:,}",
-                *(_cell(row["values"][r]) for r in runs),
-                *(_cell(row["delta"][r], signed=True) for r in others),
+                *(_cell(row["values"][r], d) for r in runs),
+                *(_cell(row["delta"][r], d, signed=True) for r in others),
             ]
         )
     for key, s in result["summary"].items():
@@ -337,8 +346,8 @@ def format_table(result: dict, *, markdown: bool = False) -> str:
             [
                 f"[{key}]",
                 "",
-                *(_cell(s["values"][r]) for r in runs),
-                *(_cell(s["delta"][r], signed=True) for r in others),
+                *(_cell(s["values"][r], d) for r in runs),
+                *(_cell(s["delta"][r], d, signed=True) for r in others),
             ]
         )
     order = (

@@ -191,3 +191,12 @@ def test_cli_compare_prints_and_writes(tmp_path, two_runs, capsys):
     assert {p.name for p in out.iterdir()} == {"compare.json", "compare.md", "compare.png"}
     assert main(["compare", str(two_runs[0]), str(tmp_path / "missing")]) == 1
     assert "missing: does not exist" in capsys.readouterr().err
+
+
+def test_fraction_metrics_get_three_decimals(tmp_path):
+    a = _write_run(tmp_path / "a", "a", {"x": 0.1234, "y": 0.5}, {}, metric="recall")
+    b = _write_run(tmp_path / "b", "b", {"x": 0.1236, "y": 0.75}, {}, metric="recall")
+    text = format_table(compare_runs(load_runs(a) + load_runs(b)))
+    x_row = next(line.split() for line in text.splitlines() if line.startswith("x "))
+    assert x_row[1:] == ["0.123", "0.124", "+0.000"]
+    assert "+0.250" in text
