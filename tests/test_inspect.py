@@ -542,3 +542,12 @@ def test_labelmap_memory_does_not_grow_with_image_count(tmp_path):
         tracemalloc.stop()
     assert r["num_images"] == 24
     assert peaks[1] - peaks[0] < 18 * 4096, peaks  # < 4 kB per extra 64 kB map
+
+
+def test_small_area_share_discounts_specks():
+    acc = ScaleAccumulator(num_classes=1)
+    # Nine 1-pixel specks and one 100x100 region: 90% of regions are small, 0.09% of area.
+    acc.add(classes=np.zeros(10, np.int64), areas=np.array([1.0] * 9 + [10000.0]))
+    e = acc.per_class(0)
+    assert e["small_share"] == pytest.approx(0.9)
+    assert e["small_area_share"] == pytest.approx(9 / 10009)

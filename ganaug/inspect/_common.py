@@ -47,6 +47,7 @@ class ScaleAccumulator:
     def __init__(self, *, num_classes: int) -> None:
         self.num_classes = int(num_classes)
         self.buckets = np.zeros((self.num_classes, 3), dtype=np.int64)
+        self.area_buckets = np.zeros((self.num_classes, 3), dtype=np.float64)
         self.n = np.zeros(self.num_classes, dtype=np.int64)
         self.s1 = np.zeros(self.num_classes, dtype=np.float64)
         self.s2 = np.zeros(self.num_classes, dtype=np.float64)
@@ -57,6 +58,7 @@ class ScaleAccumulator:
         if extra <= 0:
             return
         self.buckets = np.concatenate([self.buckets, np.zeros((extra, 3), np.int64)])
+        self.area_buckets = np.concatenate([self.area_buckets, np.zeros((extra, 3))])
         self.n = np.concatenate([self.n, np.zeros(extra, np.int64)])
         self.s1 = np.concatenate([self.s1, np.zeros(extra)])
         self.s2 = np.concatenate([self.s2, np.zeros(extra)])
@@ -81,6 +83,9 @@ class ScaleAccumulator:
         k = self.num_classes
         bucket = np.where(areas < SMALL_AREA, 0, np.where(areas < MEDIUM_AREA, 1, 2))
         self.buckets += np.bincount(classes * 3 + bucket, minlength=k * 3).reshape(k, 3)
+        self.area_buckets += np.bincount(
+            classes * 3 + bucket, weights=areas, minlength=k * 3
+        ).reshape(k, 3)
         scale = np.sqrt(np.clip(areas, 0.0, None))
         self.n += np.bincount(classes, minlength=k)
         self.s1 += np.bincount(classes, weights=scale, minlength=k)
@@ -125,6 +130,10 @@ class ScaleAccumulator:
         }
         if n:
             out["small_share"] = out["small"] / n
+            total = self.area_buckets[k].sum()
+            # Share of the class's area in small objects: unlike small_share, a few specks
+            # (label-map noise) barely move it.
+            out["small_area_share"] = float(self.area_buckets[k, 0] / total) if total else 0.0
             out["scale_mean"] = float(self.s1[k] / n)
         out["scale_cv"] = finite_or_none(self.cv()[k])
         return out

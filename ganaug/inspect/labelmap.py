@@ -220,6 +220,7 @@ def inspect_labelmaps(
     if components and values:
         idx = np.array(values)
         overall.buckets, overall.n = scale.buckets[idx], scale.n[idx]
+        overall.area_buckets = scale.area_buckets[idx]
         overall.s1, overall.s2 = scale.s1[idx], scale.s2[idx]
     outside_pixels = {str(v): int(pixels[v]) for v in sorted(outside_files) if v < len(pixels)}
     return {

@@ -79,6 +79,11 @@ def format_summary(report: dict, *, max_classes: int = 12) -> str:
                 extra.append(f"in {100 * e['image_share']:.0f}% of maps")
             if e.get("small_share") is not None:
                 extra.append(f"small {100 * e['small_share']:.0f}%")
+                if report["task"] == "segmentation":
+                    extra[-1] = (
+                        f"small regions {100 * e['small_share']:.0f}% "
+                        f"({100 * e['small_area_share']:.0f}% of its px)"
+                    )
             if e.get("occluded_share") is not None:
                 extra.append(f"occluded {100 * e['occluded_share']:.0f}%")
             lines.append(
@@ -145,7 +150,6 @@ def format_markdown(report: dict) -> str:
             f"{occ['mean_max_iou']:.3f}; {occ['mask_pairs_checked']} mask pairs checked"
         )
     cols = ["count" if unit != "pixels" else "pixels", "share"]
-    sample = next(iter(report["per_class"].values()), {})
     for c in (
         "images",
         "image_share",
@@ -154,6 +158,7 @@ def format_markdown(report: dict) -> str:
         "medium",
         "large",
         "small_share",
+        "small_area_share",
         "scale_cv",
         "occluded_share",
         "mean_max_iou",
@@ -162,7 +167,7 @@ def format_markdown(report: dict) -> str:
         "width_mean",
         "height_mean",
     ):
-        if any(c in e for e in report["per_class"].values()) or c in sample:
+        if any(c in e for e in report["per_class"].values()):
             cols.append(c)
     out += [
         "",
