@@ -551,3 +551,28 @@ def test_small_area_share_discounts_specks():
     e = acc.per_class(0)
     assert e["small_share"] == pytest.approx(0.9)
     assert e["small_area_share"] == pytest.approx(9 / 10009)
+
+
+def test_recommend_config_matches_task_and_installed_framework(tmp_path):
+    for rel in (
+        "configs/paste/unet_camvid_rarepaste.py",
+        "configs/detectron2/coco_pgan.yaml",
+        "configs/torchvision/pgan_coco.yaml",
+    ):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    r = _report(
+        "detection",
+        {"a": {"count": 20, "small_share": 0.9}},
+        {"a": 20},
+        1.0,
+        scale={"small_share": 0.9},
+        name="coco_toy",
+    )
+    recs = recommend(r, config_root=tmp_path, is_available=lambda m: m != "detectron2")
+    by_key = {x["technique"]: x for x in recs}
+    # A CamVid (segmentation) paste config is no start for a detection set; the module is.
+    assert by_key["small_paste"]["config"] is None and by_key["small_paste"]["available"]
+    assert by_key["perceptual_gan"]["config"] == "configs/torchvision/pgan_coco.yaml"
+    recs = recommend(r, config_root=tmp_path, is_available=lambda m: True)
+    assert recs[0]["config"] == "configs/detectron2/coco_pgan.yaml"

@@ -118,39 +118,77 @@ def module_available(name: str) -> bool:
         return False
 
 
-def find_config(tech: Technique, *, root: Path, hints: tuple[str, ...]) -> Path | None:
-    """The config file to start from: under the technique's folders, matching its keywords,
-    preferring a file whose name mentions the dataset (``hints``)."""
-    found: list[Path] = []
-    for d in tech.config_dirs:
+# Dataset names that appear in config file names, and the task each belongs to: a config
+# named after a dataset of another task (a CamVid paste config) is no start for this one.
+_DATASET_TASKS = {
+    "camvid": "segmentation",
+    "cityscapes": "segmentation",
+    "ade20k": "segmentation",
+    "voc": "segmentation",
+    "coco": "detection",
+    "lvis": "detection",
+    "magnetic": "classification",
+    "mnist": "classification",
+    "cifar": "classification",
+}
+# Config folders that need a framework installed to be of use.
+_FRAMEWORK_OF_DIR = {"configs/detectron2": "detectron2", "configs/adv_seg": "mmseg"}
+
+
+def find_config(
+    tech: Technique,
+    *,
+    root: Path,
+    task: str | None = None,
+    hints: tuple[str, ...] = (),
+    available: Callable[[str], bool] | None = None,
+) -> Path | None:
+    """The config file to start from.
+
+    Candidates: files under the technique's folders whose names contain one of its
+    keywords, minus those named after a dataset of another task. Preference: a folder
+    whose framework is installed, then a name mentioning the dataset (``hints``), then
+    the folder order of the technique.
+    """
+    available = available or module_available
+    found: list[tuple[int, int, Path]] = []
+    for rank, d in enumerate(tech.config_dirs):
         folder = root / d
         if not folder.is_dir():
             continue
+        framework = _FRAMEWORK_OF_DIR.get(d)
+        missing = int(framework is not None and not available(framework))
         for p in sorted(folder.rglob("*")):
             if p.suffix not in (".py", ".yaml", ".yml") or p.name.startswith("_"):
                 continue
             name = p.name.lower()
             if tech.keywords and not any(k in name for k in tech.keywords):
                 continue
-            found.append(p)
+            if task and any(ds in name and t != task for ds, t in _DATASET_TASKS.items()):
+                continue
+            found.append((missing, rank, p))
     if not found:
         return None
+    found.sort(key=lambda t: (t[0], t[1]))
     for hint in hints:
-        for p in found:
-            if hint in p.name.lower():
+        for _, _, p in found:
+            if hint and hint in p.name.lower():
                 return p
-    return found[0]
+    return found[0][2]
 
 
 def _hints(report: dict) -> tuple[str, ...]:
     name = str(report.get("name", "")).lower()
-    out = [t for t in ("camvid", "coco", "magnetic", "mt_") if t in name]
-    return (*out, "coco" if report.get("task") == "detection" else "")
+    return tuple(ds for ds in _DATASET_TASKS if ds in name)
 
 
 def _resolve(key: str, report: dict, root: Path, available: Callable[[str], bool]) -> dict:
     tech = TECHNIQUES[key]
-    config = find_config(tech, root=root, hints=_hints(report)) if tech.config_dirs else None
+    config = None
+    if tech.config_dirs:
+        config = find_config(
+            tech, root=root, task=report.get("task"), hints=_hints(report), available=available
+        )
     ok = all(available(m) for m in tech.modules) and (
         config is not None or not tech.config_required or not tech.config_dirs
     )
