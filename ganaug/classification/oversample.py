@@ -6,13 +6,15 @@ Filters (``filter=``):
 * ``none`` - keep every generated image.
 * ``confidence`` - keep images that a classifier trained on real data assigns to their
   intended class with probability >= ``confidence_threshold``.
-* ``knn`` - nearest-neighbour outlier removal: an image is an outlier when its distance to
-  the ``knn_k``-th nearest *real* image of its class exceeds the ``knn_quantile`` quantile
-  of the same distance among real images of that class (Huang et al.'s weather pipeline
-  removes generated samples far from the real data in the same way).
+* ``knn`` - nearest-neighbour outlier removal (as Huang et al.'s weather pipeline removes
+  generated samples far from the real data): ``n / (1 - knn_reject)`` candidates are drawn
+  and the ``knn_reject`` share farthest from their ``knn_k``-th nearest *real* image of the
+  same class is dropped. The cut is relative because an absolute one (e.g. the spread of
+  the real images among themselves) rejects everything from a GAN trained for minutes, in
+  the features of a classifier that has seen exactly those real images.
 
-Candidates are drawn in rounds until enough pass; when ``max_rounds`` is reached the best
-remaining candidates fill the gap and a warning says how many.
+For ``confidence``, candidates are drawn in rounds until enough pass; when ``max_rounds`` is
+reached the best remaining candidates fill the gap and a warning says how many.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class OversampleConfig:
     filter: str = "none"  # none | confidence | knn
     confidence_threshold: float = 0.5
     knn_k: int = 3
-    knn_quantile: float = 0.95
+    knn_reject: float = 0.25  # share of candidates dropped as outliers by filter="knn"
     candidate_factor: float = 1.5  # candidates drawn per needed image in each filter round
     max_rounds: int = 3
     extra: dict = field(default_factory=dict)
@@ -58,6 +60,8 @@ class OversampleConfig:
     def __post_init__(self) -> None:
         if self.filter not in FILTERS:
             raise ValueError(f"oversample filter must be one of {FILTERS}, got {self.filter!r}")
+        if not 0.0 <= self.knn_reject < 1.0:
+            raise ValueError(f"oversample knn_reject must be in [0, 1), got {self.knn_reject}")
         if not 0.0 <= self.mix <= 1.0:
             raise ValueError(f"oversample mix must be in [0, 1], got {self.mix}")
         if not (isinstance(self.target, dict) or self.target == "balanced"):
@@ -150,23 +154,22 @@ class Oversampler:
         self.seed = seed
         self.stats: dict[str, dict] = {}
 
-    def _score(self, cand: Tensor, k: int, real_k: Tensor) -> tuple[Tensor, float, bool]:
-        """Per-candidate score (higher is better), threshold, whether higher passes."""
-        if self.cfg.filter == "confidence":
-            return self.classifier(cand)[:, k], self.cfg.confidence_threshold, True
-        scores, thr = knn_outlier_scores(
-            self.feature_fn(cand),
-            self.feature_fn(real_k),
-            k=self.cfg.knn_k,
-            quantile=self.cfg.knn_quantile,
+    def _knn_filtered(self, k: int, n: int, real_k: Tensor) -> Tensor:
+        m = max(n, int(np.ceil(n / (1.0 - self.cfg.knn_reject))))
+        cand = _to_uint8(self.sample_fn(torch.full((m,), k, dtype=torch.long)))
+        dist, _ = knn_outlier_scores(
+            self.feature_fn(cand), self.feature_fn(real_k), k=self.cfg.knn_k
         )
-        return -scores, -thr, True
+        self._last_accept = n / m
+        return cand[dist.argsort()[:n]]
 
     def _generate_class(self, k: int, n: int, real_k: Tensor) -> Tensor:
         if n == 0:
             return torch.empty((0,) + tuple(real_k.shape[1:]), dtype=torch.uint8)
         if self.cfg.filter == "none":
             return _to_uint8(self.sample_fn(torch.full((n,), k, dtype=torch.long)))
+        if self.cfg.filter == "knn":
+            return self._knn_filtered(k, n, real_k)
         kept: list[Tensor] = []
         rejected: list[tuple[Tensor, Tensor]] = []
         n_kept, drawn = 0, 0
@@ -174,8 +177,8 @@ class Oversampler:
             m = max(1, int(np.ceil((n - n_kept) * self.cfg.candidate_factor)))
             cand = _to_uint8(self.sample_fn(torch.full((m,), k, dtype=torch.long)))
             drawn += m
-            score, thr, _ = self._score(cand, k, real_k)
-            ok = score >= thr
+            score = self.classifier(cand)[:, k]
+            ok = score >= self.cfg.confidence_threshold
             kept.append(cand[ok])
             rejected.append((cand[~ok], score[~ok]))
             n_kept += int(ok.sum())
