@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -168,7 +170,7 @@ def test_label_map_factory_picks_rarest(camvid_dir):
 
 
 # -- detectron2 ----------------------------------------------------------------------------
-def test_detectron2_paste_mapper(coco128_dir):
+def test_detectron2_paste_mapper(coco128_dir, tmp_path):
     pytest.importorskip("detectron2", reason="detectron2 is not installed (not on PyPI)")
     from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog
@@ -177,9 +179,15 @@ def test_detectron2_paste_mapper(coco128_dir):
     from ganaug.detectron2.paste_mapper import PasteDatasetMapper, add_paste_config
 
     ann, img_dir = coco128_paths(coco128_dir)
-    name = "ganaug_paste_coco128_test"
-    if name not in DatasetCatalog.list():
-        register_coco_instances(name, {}, str(ann), str(img_dir))
+    # A 12-image subset (in tmp, not the repo) keeps the bank quick to build.
+    coco = json.loads(ann.read_text())
+    keep = {im["id"] for im in coco["images"][:12]}
+    coco["images"] = [im for im in coco["images"] if im["id"] in keep]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
+    sub = tmp_path / "coco12.json"
+    sub.write_text(json.dumps(coco))
+    name = f"ganaug_paste_coco12_{tmp_path.name}"
+    register_coco_instances(name, {}, str(sub), str(img_dir))
     cfg = get_cfg()
     add_paste_config(cfg)
     cfg.DATASETS.TRAIN = (name,)
@@ -211,8 +219,6 @@ def test_detectron2_paste_mapper(coco128_dir):
 
 def test_paste_learn_offline_cli(tmp_path, coco128_dir, monkeypatch):
     """`ganaug paste-learn`: offline steps against a saved detector, atomic COCO export."""
-    import json
-
     from ganaug.cli import main
     from ganaug.torchvision import build_faster_rcnn
 
