@@ -73,7 +73,6 @@ default_hooks = dict(
     param_scheduler=dict(type="ParamSchedulerHook"),
     checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=250, max_keep_ckpts=2),
     sampler_seed=dict(type="DistSamplerSeedHook"),
-    visualization=None,
 )
 custom_hooks = [dict(type="Pix2PixHDSampleHook", interval=250, num_samples=4)]
 randomness = dict(seed=0)
