@@ -143,13 +143,17 @@ def main(argv=None) -> int:
     t = timing(args.steps, args.warmup, args.infer_batches)
     mem = {}
     for variant in ("baseline", "adversarial"):
-        out = subprocess.run(
-            [sys.executable, __file__, "--memory-worker", variant, "--steps", str(args.steps)],
-            check=True,
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-        ).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [sys.executable, __file__, "--memory-worker", variant, "--steps", str(args.steps)],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         mem[variant] = json.loads(out)
     growth = {k: max(v["peak"] - v["before"], 1) for k, v in mem.items()}
     result = {

@@ -57,6 +57,10 @@ def main(argv=None):
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
     cfg.resume = args.resume
+    if cfg.resume or cfg.get("load_from"):
+        # mmengine 0.10 checkpoints hold numpy arrays and its message hub, which torch >= 2.6
+        # refuses under the default weights_only=True. You are loading your own checkpoint.
+        os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     if args.launcher != "none":
         prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)

@@ -15,10 +15,10 @@ model = dict(
 optim_wrapper = dict(
     _delete_=True,
     constructor="AdversarialOptimWrapperConstructor",
-    segmentor=dict(
-        type="OptimWrapper", optimizer=dict(type="AdamW", lr=2e-3, weight_decay=1e-4)
+    segmentor=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=2e-3, weight_decay=1e-4)),
+    discriminator=dict(
+        type="OptimWrapper", optimizer=dict(type="Adam", lr=2e-4, betas=(0.5, 0.999))
     ),
-    discriminator=dict(type="OptimWrapper", optimizer=dict(type="Adam", lr=2e-4, betas=(0.5, 0.999))),
 )
 # Under torchrun each network gets its own DDP wrapper (GAN training updates them apart).
 model_wrapper_cfg = dict(type="MMSeparateDistributedDataParallel", find_unused_parameters=False)

@@ -57,17 +57,24 @@ class _Capture:
 
 @contextlib.contextmanager
 def _capture_output(module: nn.Module):
-    """Record the output of ``module.forward`` while the context is open."""
+    """Record what ``module.forward`` returns while the context is open.
+
+    mmseg's decode heads call ``self.forward(...)`` directly (not ``self(...)``), which
+    bypasses forward hooks, so the bound method is shadowed on the instance instead.
+    """
     cap = _Capture()
+    original = module.forward
 
-    def hook(_mod, _inp, out):
+    def forward(*args, **kwargs):
+        out = original(*args, **kwargs)
         cap.value = out
+        return out
 
-    handle = module.register_forward_hook(hook)
+    module.forward = forward
     try:
         yield cap
     finally:
-        handle.remove()
+        del module.forward
 
 
 def median_frequency_from_dir(
@@ -104,6 +111,8 @@ class AdversarialSegmentor(BaseModel):
             ``dict(type='median_frequency', seg_map_dir=..., void_values=[...],
             max_weight=None)`` computed from the training label maps at build time. It is
             set on every decode-head loss that has a ``class_weight`` attribute.
+        data_preprocessor: used for the segmentor when its own config has none (the
+            Runner passes the config's top-level ``data_preprocessor`` here).
         init_cfg: mmengine init config.
 
     ``train_step`` expects an :class:`OptimWrapperDict` with keys ``segmentor`` and
@@ -118,6 +127,7 @@ class AdversarialSegmentor(BaseModel):
         adv_weight: float = 0.05,
         warmup_iters: int = 0,
         class_weight: list | dict | None = None,
+        data_preprocessor: dict | None = None,
         init_cfg: dict | None = None,
     ) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -129,6 +139,10 @@ class AdversarialSegmentor(BaseModel):
             raise ValueError(f"adv_weight must be >= 0, got {adv_weight}")
         if warmup_iters < 0:
             raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
+        segmentor = copy.deepcopy(dict(segmentor))
+        if data_preprocessor is not None and segmentor.get("data_preprocessor") is None:
+            # mmengine's Runner passes the config's top-level data_preprocessor here.
+            segmentor["data_preprocessor"] = data_preprocessor
         self.segmentor = MODELS.build(segmentor)
         if not hasattr(self.segmentor, "decode_head"):
             raise TypeError(

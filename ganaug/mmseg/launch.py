@@ -23,5 +23,7 @@ def prepare_cpu_distributed(cfg: Config) -> None:
     wrapper = cfg.get("model_wrapper_cfg", None)
     if wrapper is None:
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None)
-    elif wrapper.get("type") == "MMDistributedDataParallel":
+    else:
+        # The Runner fills in device_ids=[LOCAL_RANK] for every DDP-derived wrapper,
+        # which DDP rejects for CPU modules.
         wrapper["device_ids"] = None
