@@ -29,7 +29,7 @@ from ganaug.core.paste.factory import copy_paste_for_coco, read_per_class_metric
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PasteDatasetMapper"]
+__all__ = ["PasteDatasetMapper", "add_paste_config", "detectron2_target_fn"]
 
 
 class PasteDatasetMapper(DatasetMapper):
@@ -197,3 +197,35 @@ def add_paste_config(cfg) -> None:
     p.MAX_PER_CLASS = 200
     # >= 0: pastes depend only on (SEED, image_id, visit count); -1: numpy's global RNG.
     p.SEED = -1
+
+
+def detectron2_target_fn(model, *, input_format: str = "BGR"):
+    """``(images, targets) -> loss dict`` for a detectron2 detector (learned compositing).
+
+    Lets :class:`~ganaug.core.paste.learned.TaskAwarePaste` train against a detectron2
+    model: images ``(3, H, W)`` RGB in [0, 1] are scaled to 0-255 in ``input_format``
+    channel order (differentiably; detectron2 normalises inside the model), and targets'
+    ``boxes`` (xyxy) / ``labels`` (detectron2's contiguous 0-based class ids) become
+    ``Instances``. The model must be in a state that returns losses (train mode, inside
+    an ``EventStorage``).
+    """
+    from detectron2.structures import Boxes, Instances
+
+    if input_format not in ("BGR", "RGB"):
+        raise ValueError(f"input_format must be 'BGR' or 'RGB', got {input_format!r}.")
+
+    def fn(images, targets):
+        model.train()
+        batched = []
+        for img, tgt in zip(images, targets):
+            x = img * 255.0
+            if input_format == "BGR":
+                x = x.flip(0)
+            h, w = img.shape[-2:]
+            inst = Instances((h, w))
+            inst.gt_boxes = Boxes(torch.as_tensor(tgt["boxes"], dtype=torch.float32).reshape(-1, 4))
+            inst.gt_classes = torch.as_tensor(tgt["labels"], dtype=torch.int64)
+            batched.append({"image": x, "instances": inst, "height": h, "width": w})
+        return model(batched)
+
+    return fn
