@@ -576,3 +576,15 @@ def test_recommend_config_matches_task_and_installed_framework(tmp_path):
     assert by_key["perceptual_gan"]["config"] == "configs/torchvision/pgan_coco.yaml"
     recs = recommend(r, config_root=tmp_path, is_available=lambda m: True)
     assert recs[0]["config"] == "configs/detectron2/coco_pgan.yaml"
+
+
+def test_classfolder_truncated_jpeg_is_caught(tmp_path):
+    _write_classfolders(tmp_path)
+    noisy = (np.random.default_rng(0).random((120, 160)) * 255).astype(np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "rare" / "x0.jpg", quality=90)
+    data = (tmp_path / "rare" / "x0.jpg").read_bytes()
+    (tmp_path / "rare" / "x0.jpg").write_bytes(data[: len(data) // 2])  # header intact
+    r = inspect_classfolders(tmp_path)
+    bad = r["problems"]["unreadable_files"]["examples"]
+    assert len(bad) == 1 and bad[0]["file"].endswith("rare/x0.jpg")
+    assert "truncated" in bad[0]["error"]
