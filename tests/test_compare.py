@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ganaug.compare import (
@@ -200,3 +201,18 @@ def test_fraction_metrics_get_three_decimals(tmp_path):
     x_row = next(line.split() for line in text.splitlines() if line.startswith("x "))
     assert x_row[1:] == ["0.123", "0.124", "+0.000"]
     assert "+0.250" in text
+
+
+def test_counts_from_a_dataset_path(tmp_path, two_runs):
+    """--counts with a dataset folder inspects it: pixel counts of a 2-class label map."""
+    from PIL import Image
+
+    from ganaug.compare import _counts_from
+
+    (tmp_path / "ds" / "images").mkdir(parents=True)
+    (tmp_path / "ds" / "annotations").mkdir()
+    lab = np.zeros((4, 4), np.uint8)
+    lab[0, :3] = 1
+    Image.fromarray(lab).save(tmp_path / "ds" / "annotations" / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "ds" / "images" / "a.png")
+    assert _counts_from(str(tmp_path / "ds")) == {"class_0": 13, "class_1": 3}

@@ -47,7 +47,7 @@ def inspect_dataset(
     strict: bool = False,
     occlusion_iou: float = 0.3,
     mask_overlap: bool = True,
-    check_images: str = "header",
+    check_images: str = "auto",
     components: bool = True,
     recommend: bool = True,
 ) -> dict:

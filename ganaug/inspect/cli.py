@@ -38,9 +38,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="COCO image folder if not beside the JSON")
     p.add_argument(
         "--check-images",
-        choices=("none", "exists", "header"),
-        default="header",
-        help="COCO: how far to check the image files (default: open the header)",
+        choices=("auto", "none", "exists", "header"),
+        default="auto",
+        help="COCO: how far to check the image files (default auto: open each header up "
+        "to 5000 images, only check existence beyond)",
     )
     p.add_argument(
         "--occlusion-iou",

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 # IoU matrix entries computed at once (a few float64 temporaries of this many each).
 _PAIR_BUDGET = 1_000_000
+# check_images="auto": open every image header up to this many images, else only stat them.
+HEADER_CHECK_LIMIT = 5000
 
 
 def _parse(raw: bytes):
@@ -290,14 +292,15 @@ def inspect_coco(
     occlusion_iou: float = 0.3,
     mask_overlap: bool = True,
     max_mask_pairs: int = 20_000,
-    check_images: str = "header",
+    check_images: str = "auto",
 ) -> dict:
     """Statistics of a COCO instances file.
 
     Args:
         json_path: the COCO JSON file.
         images_dir: folder of the image files; when given, missing or unreadable images
-            are reported (``check_images``: ``"none"``, ``"exists"``, ``"header"``).
+            are reported (``check_images``: ``"none"``, ``"exists"``, ``"header"``, or
+            ``"auto"``: header up to ``HEADER_CHECK_LIMIT`` images, existence beyond).
         occlusion_iou: an instance counts as occluded when its box has IoU at least this
             with another non-crowd box of the same image.
         mask_overlap: also compute mask IoU for box-overlapping pairs (needs masks).
@@ -443,8 +446,13 @@ def _check_image_files(images: list, images_dir, mode: str) -> dict:
     if images_dir is None or mode == "none":
         out["mode"] = "none"
         return out
+    if mode == "auto":
+        # Opening 100k+ headers costs minutes on network disks; existence is cheap.
+        mode = "header" if len(images) <= HEADER_CHECK_LIMIT else "exists"
+        logger.info("checking %d image files: %s", len(images), mode)
+        out["mode"] = mode
     if mode not in ("exists", "header"):
-        raise ValueError(f"check_images must be 'none', 'exists' or 'header', got {mode!r}")
+        raise ValueError(f"check_images must be 'none', 'exists', 'header' or 'auto', got {mode!r}")
     from PIL import Image, UnidentifiedImageError
 
     root = Path(images_dir)
