@@ -139,7 +139,8 @@ def test_coco_statistics_known_answers(tmp_path):
     p = r["problems"]
     assert p["images_without_annotations"] == {"count": 1, "examples": ["3.jpg"]}
     assert p["labels_outside_classes"] == {"count": 1, "values": {"99": 1}}
-    assert p["degenerate_boxes"]["count"] == 1
+    assert p["degenerate_boxes"]["count"] == 1 and p["degenerate_boxes"]["examples"] == [7]
+    assert p["duplicate_image_ids"]["count"] == 0
     assert p["crowd_annotations"] == 1
 
 
@@ -173,6 +174,15 @@ def test_coco_mask_overlap(tmp_path):
     assert r["occlusion"]["mask_pairs_checked"] == 1
     assert r["per_class"]["a"]["mask_overlap_mean"] == pytest.approx(1 / 3, abs=0.03)
     assert r["per_class"]["a"]["mean_max_iou"] == pytest.approx(1 / 3)
+
+
+def test_duplicate_image_ids_reported(tmp_path):
+    doc = _coco_doc()
+    doc["images"].append({"id": 2, "file_name": "again.jpg"})
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps(doc))
+    dup = coco_mod.inspect_coco(path, mask_overlap=False)["problems"]["duplicate_image_ids"]
+    assert dup == {"count": 1, "examples": [2]}
 
 
 def test_truncated_coco_json_names_the_file(tmp_path):

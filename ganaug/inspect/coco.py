@@ -408,7 +408,14 @@ def inspect_coco(
         },
         "degenerate_boxes": {
             "count": int((degenerate & known_cat).sum()),
-            "examples": examples(np.flatnonzero(degenerate & known_cat).tolist()),
+            "unit": "annotation ids",
+            "examples": [
+                anns[i].get("id", i) for i in examples(np.flatnonzero(degenerate & known_cat))
+            ],
+        },
+        "duplicate_image_ids": {
+            "count": int((np.diff(img_sorted) == 0).sum()),
+            "examples": examples(np.unique(img_sorted[1:][np.diff(img_sorted) == 0]).tolist()),
         },
         "crowd_annotations": int(crowd.sum()),
         "unreadable_files": _check_image_files(images, images_dir, check_images),
