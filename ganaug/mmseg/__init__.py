@@ -11,6 +11,9 @@ from ganaug.mmseg.adversarial import (
 )
 from ganaug.mmseg.datasets import CAMVID_CLASSES, CamVidDataset
 from ganaug.mmseg.metrics import PerClassIoUMetric
+from ganaug.mmseg.mixed_dataset import MixedRealSyntheticDataset, SyntheticRatioHook
+from ganaug.mmseg.pix2pixhd import Pix2PixHD, Pix2PixHDSampleHook
+from ganaug.mmseg.transforms import RareClassPaste
 from ganaug.mmseg.validation import ValidateSegLabels
 
 __all__ = [
@@ -18,7 +21,12 @@ __all__ = [
     "AdversarialSegmentor",
     "CAMVID_CLASSES",
     "CamVidDataset",
+    "MixedRealSyntheticDataset",
     "PerClassIoUMetric",
+    "Pix2PixHD",
+    "Pix2PixHDSampleHook",
+    "RareClassPaste",
+    "SyntheticRatioHook",
     "ValidateSegLabels",
     "median_frequency_from_dir",
 ]
