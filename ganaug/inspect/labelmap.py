@@ -157,7 +157,9 @@ def inspect_labelmaps(
             except InspectError as err:
                 if strict:
                     raise
-                unreadable.add({"file": str(label_path), "error": str(err)})
+                # The message starts with the path, which the entry already holds.
+                msg = str(err).removeprefix(f"{label_path}: ")
+                unreadable.add({"file": str(label_path), "error": msg})
                 logger.warning("%s", err)
                 continue
             n_maps += 1

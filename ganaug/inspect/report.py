@@ -28,20 +28,19 @@ def _problem_lines(report: dict) -> list[str]:
             count = value.get("count", 0)
             if not count:
                 continue
-            ex = value.get("examples") or value.get("values") or value.get("files_per_value")
-            ex = ex or value.get("folders")
             detail = ""
+            by_value = value.get("values") or value.get("files_per_value") or value.get("folders")
+            if by_value:
+                detail += f"; {json.dumps(by_value)[:200]}"
+            ex = value.get("examples")
             if ex:
-                if isinstance(ex, list):
-                    first = [
-                        e["file"] + ": " + e["error"]
-                        if isinstance(e, dict) and "error" in e
-                        else str(e)
-                        for e in ex[:3]
-                    ]
-                    detail = "; e.g. " + "; ".join(first)
-                else:
-                    detail = f"; {json.dumps(ex)[:200]}"
+                first = [
+                    e["file"] + ": " + e["error"]
+                    if isinstance(e, dict) and "error" in e
+                    else str(e)
+                    for e in ex[:3]
+                ]
+                detail += "; e.g. " + "; ".join(first)
             lines.append(f"{name.replace('_', ' ')}: {count}{detail}")
         elif isinstance(value, list) and value:
             lines.append(f"{name.replace('_', ' ')}: {', '.join(map(str, value[:10]))}")
