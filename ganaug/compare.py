@@ -430,7 +430,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "compare",
         help="per-class metric deltas between evaluation runs, rarest class first",
-        description=__doc__.split("\n\n")[0],
+        description="Per-class metric deltas between evaluation runs, rarest class first. A "
+        "run is a per_class_metrics.json, a detectron2 metrics.json, an mmengine work dir "
+        "(per-class table in its log), or a folder of runs; the first run is the baseline.",
     )
     p.add_argument("runs", nargs="+", help="run folders or result files; the first is the baseline")
     p.add_argument(

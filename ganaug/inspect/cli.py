@@ -47,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--occlusion-iou",
         type=float,
         default=0.3,
-        help="box IoU above which an instance counts as occluded (default 0.3)",
+        help="box IoU at or above which an instance counts as occluded (default 0.3)",
     )
     p.add_argument("--no-mask-overlap", action="store_true", help="COCO: skip mask IoU")
     p.add_argument(
