@@ -598,3 +598,22 @@ def test_classfolder_truncated_jpeg_is_caught(tmp_path):
     bad = r["problems"]["unreadable_files"]["examples"]
     assert len(bad) == 1 and bad[0]["file"].endswith("rare/x0.jpg")
     assert "truncated" in bad[0]["error"]
+
+
+def test_palette_and_16bit_label_maps(tmp_path):
+    """Palette PNGs give their indices (VOC style), 16-bit maps values beyond 255."""
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    pal = Image.fromarray(np.array([[0, 1], [1, 1]], np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)  # index 1 is drawn red
+    pal.save(root / "annotations" / "p.png")
+    Image.fromarray(np.array([[0, 300], [300, 300]], np.uint16)).save(
+        root / "annotations" / "w.png"
+    )
+    for name in ("p", "w"):
+        Image.new("RGB", (2, 2)).save(root / "images" / f"{name}.jpg")
+    assert read_label_map(root / "annotations" / "w.png").max() == 300
+    r = inspect_dataset(root, recommend=False)
+    assert r["class_counts"] == {"class_0": 2, "class_1": 3, "class_300": 3}
+    assert r["per_class"]["class_300"]["regions"] == 1
