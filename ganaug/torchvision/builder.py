@@ -121,6 +121,7 @@ def build_faster_rcnn(
     pgan_fine: bool = True,
     pgan_adv_weight: float = 0.1,
     pgan_gen_blocks: int = 2,
+    pgan_gen_hidden: int | None = None,
     asdn_stage1_iters: int = 200,
     asdn_drop_fraction: float = 1.0 / 3.0,
     asdn_sample: bool = True,
@@ -141,6 +142,8 @@ def build_faster_rcnn(
         roi_size: ``S`` of the pooled ROI features.
         small_area: PGAN small/large threshold in original pixels.
         pgan_fine: give the PGAN generator the finest FPN level of each small ROI.
+        pgan_gen_hidden: width of the generator's residual branch (default: half the ROI
+            channels).
         weights: path of a state dict saved from a model of the same configuration (a
             ganaug checkpoint's ``"model"`` entry is accepted too).
 
@@ -192,6 +195,9 @@ def build_faster_rcnn(
                 fine_channels=channels if pgan_fine else 0,
                 small_area=small_area,
                 gen_blocks=pgan_gen_blocks,
+                # Half the ROI width keeps the generator cheap next to a small backbone,
+                # where it runs on hundreds of small proposals per image.
+                gen_hidden=pgan_gen_hidden or max(channels // 2, 1),
             )
             kwargs["pgan_adv_weight"] = pgan_adv_weight
             if pgan_fine:
