@@ -214,9 +214,9 @@ def main(argv=None):
             run_dir.mkdir(exist_ok=True)
             (run_dir / "per_class_metrics.json").write_text(json.dumps({
                 "task": "segmentation", "metric": "IoU",
-                "per_class": {n: float(v) for n, v in zip(CAMVID_CLASSES, iou)},
+                "per_class": {n: round(float(v) * 100, 2) for n, v in zip(CAMVID_CLASSES, iou)},
                 "class_counts": {CAMVID_CLASSES[c]: n for c, n in pixel_counts.items()},
-                "summary": {"mIoU": float(np.nanmean(iou))},
+                "summary": {"mIoU": round(float(np.nanmean(iou)) * 100, 2)},
                 "run": f"{method}_seed{seed}",
             }, indent=1))  # fmt: skip
             logger.info("%s seed %d: mIoU %.4f (%.0f s, median step %.3f s)", method, seed,
