@@ -58,12 +58,19 @@ def _sanitize(records: list[dict], dataset_name: str) -> list[dict]:
     return records
 
 
-def load_coco128(name: str = "coco128", root: str | os.PathLike | None = None) -> list[dict]:
+def load_coco128(
+    name: str = "coco128",
+    root: str | os.PathLike | None = None,
+    *,
+    metadata_name: str | None = None,
+) -> list[dict]:
     """detectron2 dataset dicts of coco128 (or one of its splits), boxes checked.
 
     Args:
         name: one of :data:`COCO128_SPLITS`.
         root: data root overriding ``GANAUG_DATA_ROOT`` (see :mod:`ganaug.data_root`).
+        metadata_name: MetadataCatalog entry that receives the class names (default
+            ``name``); detectron2 refuses to change them once set.
     """
     if name not in COCO128_SPLITS:
         raise ValueError(f"load_coco128: name must be one of {COCO128_SPLITS}, got {name!r}")
@@ -72,7 +79,7 @@ def load_coco128(name: str = "coco128", root: str | os.PathLike | None = None) -
     for path in (json_file, image_root):
         if not path.exists():
             raise FileNotFoundError(f"coco128: expected {path} under the data root {base}")
-    records = load_coco_json(str(json_file), str(image_root), dataset_name=name)
+    records = load_coco_json(str(json_file), str(image_root), dataset_name=metadata_name or name)
     records.sort(key=lambda r: r["image_id"])
     if name == "coco128_train":
         records = [r for i, r in enumerate(records) if i % 4 != 3]
@@ -105,13 +112,18 @@ def register_coco128(root: str | os.PathLike | None = None) -> list[str]:
 
 
 def class_counts(dataset_names: list[str] | tuple[str, ...]) -> dict[str, int]:
-    """Annotated instances per class name over the given registered datasets."""
+    """Annotated instances per class name over the given registered datasets.
+
+    Crowd regions are left out: detectron2's mapper drops them from training targets.
+    """
     counts: Counter[str] = Counter()
     for name in dataset_names:
         records = DatasetCatalog.get(name)
         classes = MetadataCatalog.get(name).get("thing_classes", None)
         for rec in records:
             for ann in rec.get("annotations", []):
+                if ann.get("iscrowd", 0):
+                    continue
                 cid = ann["category_id"]
                 counts[classes[cid] if classes else str(cid)] += 1
     return dict(counts)

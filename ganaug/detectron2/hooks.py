@@ -10,6 +10,11 @@ all-reduced when the hook runs, so every process takes the same step.
 
 The optimizer state is part of the trainer's checkpoint (``state_dict``/``load_state_dict``
 are collected by detectron2's ``TrainerBase``).
+
+detectron2's ``DefaultTrainer`` runs the step in an inner ``SimpleTrainer`` and does not
+pass ``after_backward`` on to its own hooks, so :func:`register_adversary_hook` registers
+the hook with the outer trainer (checkpointing) and the inner one (the call after the
+backward). ``GanaugTrainer`` does this by itself.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import logging
 
 import torch
 from detectron2.engine import HookBase
+from detectron2.utils.events import get_event_storage
 from torch import nn
 
-__all__ = ["AdversaryOptimizerHook", "find_adversaries"]
+__all__ = ["AdversaryOptimizerHook", "find_adversaries", "register_adversary_hook"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +104,12 @@ class AdversaryOptimizerHook(HookBase):
                     f"iteration {getattr(self.trainer, 'iter', '?')}"
                 )
             self.optimizer.step()
-            if getattr(self, "trainer", None) is not None:
-                storage = self.trainer.storage
-                storage.put_scalar("ganaug/adv_grad_norm", float(norm), smoothing_hint=False)
+            try:
+                storage = get_event_storage()
+            except AssertionError:
+                storage = None  # stepped by hand outside a trainer
+            if storage is not None:
+                storage.put_scalar("ganaug/adv_grad_norm", float(norm))
                 storage.put_scalar(
                     "ganaug/adv_lr", self.optimizer.param_groups[0]["lr"], smoothing_hint=False
                 )
@@ -118,3 +127,29 @@ class AdversaryOptimizerHook(HookBase):
                 f"{sorted(state_dict)}"
             )
         self.optimizer.load_state_dict(state_dict["optimizer"])
+
+
+def register_adversary_hook(trainer, cfg) -> AdversaryOptimizerHook:
+    """Create the hook from ``cfg`` and attach it so that it runs after every backward.
+
+    Works with a ``DefaultTrainer`` (or subclass) and with a plain ``SimpleTrainer``.
+    A second call on the same trainer is refused: it would step the adversaries twice.
+    """
+    for h in getattr(trainer, "_hooks", []):
+        if isinstance(h, AdversaryOptimizerHook):
+            raise ValueError("register_adversary_hook: this trainer already has the hook")
+    hook = AdversaryOptimizerHook.from_config(cfg, trainer.model)
+    trainer.register_hooks([hook])
+    attach_to_inner_trainer(trainer, hook)
+    return hook
+
+
+def attach_to_inner_trainer(trainer, hook: AdversaryOptimizerHook) -> None:
+    """Make a DefaultTrainer's inner step trainer call ``hook.after_backward``.
+
+    Appended directly (not via ``register_hooks``) so that ``hook.trainer`` stays the
+    outer trainer, whose checkpoint holds the hook's state.
+    """
+    inner = getattr(trainer, "_trainer", None)
+    if inner is not None and hook not in inner._hooks:
+        inner._hooks.append(hook)

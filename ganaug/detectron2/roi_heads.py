@@ -345,6 +345,7 @@ class AdversarialROIHeads(_GanaugHeadMixin, StandardROIHeads):
         if not self.training:
             return super()._forward_box(features, proposals)
 
+        stage = self.asdn_stage  # before counting this iteration
         self.ganaug_iter += 1
         feats = [features[f] for f in self.box_in_features]
         pooled = self.box_pooler(feats, [p.proposal_boxes for p in proposals])
@@ -372,7 +373,6 @@ class AdversarialROIHeads(_GanaugHeadMixin, StandardROIHeads):
 
         drop = None
         if self.asdn is not None:
-            stage = self.asdn_stage
             stats["asdn/stage"] = stage
             # ASDN reads detached features: its loss must not train the backbone.
             logits = self.asdn(x[fg_idx].detach())

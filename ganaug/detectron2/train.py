@@ -14,13 +14,18 @@ import json
 import logging
 import math
 import os
+import weakref
 
-from detectron2.engine import DefaultTrainer
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
+from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
 
 from .data import class_counts
-from .hooks import AdversaryOptimizerHook, find_adversaries
+from .hooks import AdversaryOptimizerHook, attach_to_inner_trainer, find_adversaries
 
 __all__ = ["GanaugTrainer", "per_class_metrics", "write_per_class_metrics"]
 
@@ -69,7 +74,38 @@ def write_per_class_metrics(path: str | os.PathLike, record: dict) -> None:
 
 
 class GanaugTrainer(DefaultTrainer):
-    """DefaultTrainer with the adversary optimizer hook and COCO evaluation."""
+    """DefaultTrainer with the adversary optimizer hook and COCO evaluation.
+
+    Also runs several CPU processes under ``launch`` (gloo): detectron2's own trainer
+    passes ``device_ids=[rank]`` to DDP, which PyTorch rejects for a CPU model.
+    """
+
+    def __init__(self, cfg):
+        # The same steps as DefaultTrainer.__init__, except the DDP wrapping.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        if comm.get_world_size() > 1:
+            on_cpu = next(model.parameters()).device.type == "cpu"
+            device_ids = None if on_cpu else [comm.get_local_rank()]
+            model = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+        for hook in self._hooks:
+            if isinstance(hook, AdversaryOptimizerHook):
+                attach_to_inner_trainer(self, hook)
 
     def build_hooks(self):
         hooks = super().build_hooks()
