@@ -239,12 +239,18 @@ def _dedupe_names(runs: list[Run]) -> None:
             seen[run.name] = 1
 
 
-def compare_runs(runs: list[Run], *, class_counts: dict[str, int] | None = None) -> dict:
-    """Per-class deltas of every run against the first, rarest class first.
+def compare_runs(
+    runs: list[Run],
+    *,
+    class_counts: dict[str, int] | None = None,
+    baseline: str | None = None,
+) -> dict:
+    """Per-class deltas of every run against the baseline, rarest class first.
 
     Args:
-        runs: at least two runs; the first is the baseline.
+        runs: at least two runs.
         class_counts: training-set frequency per class; default: the first run that has one.
+        baseline: name of the baseline run; default the first run.
 
     Returns:
         ``{"metric", "task", "runs": [names], "baseline", "order": "class_counts" |
@@ -260,6 +266,13 @@ def compare_runs(runs: list[Run], *, class_counts: dict[str, int] | None = None)
             + ", ".join(f"{r.name}: {r.metric} ({r.source})" for r in runs)
         )
     _dedupe_names(runs)
+    if baseline is not None:
+        chosen = [r for r in runs if r.name == baseline]
+        if not chosen:
+            raise CompareError(
+                f"no run named {baseline!r} to use as baseline; runs: {[r.name for r in runs]}"
+            )
+        runs = chosen + [r for r in runs if r.name != baseline]
     base = runs[0]
     counts = class_counts or next((r.class_counts for r in runs if r.class_counts), None)
     names = list(base.per_class)
@@ -447,6 +460,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="bbox",
         help="detectron2 metrics.json: which AP to read (default bbox)",
     )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="name of the baseline run (default: the first; useful with a folder of runs)",
+    )
     p.add_argument("--out", default="compare_out", help="folder for compare.json/.md/.png")
     p.add_argument("--no-plot", action="store_true", help="write no PNG plot")
     p.set_defaults(func=run)
@@ -459,7 +477,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         runs = [r for path in args.runs for r in load_runs(path, iou_type=args.iou_type)]
         counts = _counts_from(args.counts) if args.counts else None
-        result = compare_runs(runs, class_counts=counts)
+        result = compare_runs(runs, class_counts=counts, baseline=args.baseline)
     except (CompareError, InspectError) as err:
         sys.stderr.write(f"ganaug compare: {err}\n")
         return 1

@@ -94,7 +94,13 @@ def test_without_counts_sorts_by_baseline_value(tmp_path):
 
 def test_folder_of_runs_expands(two_runs):
     runs = load_runs(two_runs[0].parent)
-    assert sorted(r.name for r in runs) == ["adv", "base"]
+    assert [r.name for r in runs] == ["adv", "base"]  # sorted by path
+    res = compare_runs(runs, baseline="base")
+    assert res["runs"] == ["base", "adv"]
+    delta = {row["class"]: row["delta"]["adv"] for row in res["classes"]}
+    assert delta["Bicyclist"] == pytest.approx(5.5)
+    with pytest.raises(CompareError, match="no run named 'nope'"):
+        compare_runs(runs, baseline="nope")
 
 
 def test_detectron2_metrics_json(tmp_path):
