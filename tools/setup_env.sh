@@ -33,6 +33,13 @@ fi
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
+if [[ -x "$py" ]] && ! "$py" -m pip --version >/dev/null 2>&1; then
+  # An interrupted earlier run can leave a venv without pip: start it again.
+  if [[ -f "$venv/pyvenv.cfg" ]]; then
+    log "removing incomplete virtual environment at $venv"
+    rm -rf "$venv"
+  fi
+fi
 if [[ ! -x "$py" ]]; then
   log "creating virtual environment at $venv"
   python3 -m venv "$venv"
