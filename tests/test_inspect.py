@@ -617,3 +617,12 @@ def test_palette_and_16bit_label_maps(tmp_path):
     r = inspect_dataset(root, recommend=False)
     assert r["class_counts"] == {"class_0": 2, "class_1": 3, "class_300": 3}
     assert r["per_class"]["class_300"]["regions"] == 1
+
+
+def test_config_root_from_environment(tmp_path, monkeypatch):
+    from ganaug.inspect.recommend import default_config_root
+
+    monkeypatch.setenv("GANAUG_CONFIG_ROOT", str(tmp_path))
+    assert default_config_root() == tmp_path
+    monkeypatch.delenv("GANAUG_CONFIG_ROOT")
+    assert (default_config_root() / "ganaug" / "inspect").is_dir()

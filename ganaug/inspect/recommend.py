@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,8 +105,14 @@ TECHNIQUES: dict[str, Technique] = {
 }
 
 
+CONFIG_ROOT_ENV = "GANAUG_CONFIG_ROOT"
+
+
 def default_config_root() -> Path:
-    """``configs/`` of the checkout this package runs from (editable installs)."""
+    """The folder holding ``configs/``: ``$GANAUG_CONFIG_ROOT``, else the checkout this
+    package runs from (an editable install; a wheel carries no configs)."""
+    if os.environ.get(CONFIG_ROOT_ENV):
+        return Path(os.environ[CONFIG_ROOT_ENV])
     return Path(__file__).resolve().parent.parent.parent
 
 
