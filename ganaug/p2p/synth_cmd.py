@@ -82,7 +82,13 @@ def run(args) -> int:
         records=result.records,
         class_stats=class_stats(result, class_names),
         batch_size=args.batch_size,
-        extra={"size_hw": list(size), "generator": gen.settings, "bf16": args.bf16},
+        extra={
+            "size_hw": list(size),
+            # paste boxes in "items" are in the rebalanced maps' own resolution
+            "box_resolution_hw": list(result.maps[0].shape),
+            "generator": gen.settings,
+            "bf16": args.bf16,
+        },
     )
     dt = time.perf_counter() - t0
     print((report / "distribution.md").read_text())
