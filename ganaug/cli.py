@@ -1,4 +1,4 @@
-"""The ``ganaug`` console command.
+"""ganaug: GAN-based fixes for data imbalance (detection, segmentation, classification).
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)``, which adds
 the subparser and sets ``func`` to a callable taking the parsed namespace. Modules are
@@ -15,7 +15,7 @@ import sys
 # name -> module providing add_parser(subparsers)
 SUBCOMMANDS: dict[str, str] = {
     "det-train": "ganaug.torchvision.engine",
-    "seg-compare": "ganaug.mmseg.main_job",
+    "seg-compare": "ganaug.main_job",
     "inspect": "ganaug.inspect.cli",
     "compare": "ganaug.compare",
     "cls-compare": "ganaug.classification.compare",

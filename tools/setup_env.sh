@@ -90,8 +90,8 @@ if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
   fi
 fi
 
-log "installing ganaug with extras mmseg, timm, dev"
-"${pip[@]}" install --no-build-isolation -e "$repo[mmseg,timm,dev]"
+log "installing ganaug with extras mmseg, timm, inspect, dev"
+"${pip[@]}" install --no-build-isolation -e "$repo[mmseg,timm,inspect,dev]"
 "$py" -c "import mmcv.ops, mmseg, timm, ganaug" >/dev/null
 echo "$stamp" > "$venv/.ganaug-stamp"
 log "environment ready: $venv"

@@ -17,7 +17,7 @@ import os.path as osp
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = {
     "baseline": "configs/adv_seg/fcn_unet-s4_1xb8-600it_camvid-120x160.py",
     "adversarial": "configs/adv_seg/advseg-vanilla_fcn_unet-s4_1xb8-600it_camvid-120x160.py",
