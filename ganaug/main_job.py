@@ -1,9 +1,12 @@
 """The main job: a plain segmentor vs the same segmentor trained adversarially, on CamVid.
 
-Trains each config with mmengine's Runner for the same budget and seed, evaluates on the
-val split with per-class IoU, and writes ``comparison.md``, ``comparison.json`` and
-``comparison.png`` into the output folder. Run it as ``ganaug seg-compare`` or through
-``tools/main_job.sh``.
+Default runs: ``baseline`` (plain cross-entropy), ``adversarial`` (Luc et al.'s label-map
+discriminator) and ``adversarial_mfw`` (the same with median-frequency class weights and an
+LSGAN critic). Each config is trained with mmengine's Runner for the same budget and seed
+and evaluated on the val split with per-class IoU; ``comparison.md``, ``comparison.json``
+and ``comparison.png`` go into the output folder. A finished run found there (same config,
+seed and budget) is reused, so an interrupted job picks up where it stopped. Run it as
+``ganaug seg-compare`` or through ``tools/main_job.sh``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = {
     "baseline": "configs/adv_seg/fcn_unet-s4_1xb8-600it_camvid-120x160.py",
     "adversarial": "configs/adv_seg/advseg-vanilla_fcn_unet-s4_1xb8-600it_camvid-120x160.py",
+    "adversarial_mfw": "configs/adv_seg/advseg-mfw-lsgan_fcn_unet-s4_1xb8-600it_camvid-120x160.py",
 }
 logger = logging.getLogger(__name__)
 
@@ -114,25 +118,20 @@ def summarise(results: dict[str, list[dict]], class_counts: dict[str, int]) -> d
 
 
 def to_markdown(summary: dict, names: list[str]) -> str:
-    head = "| class | pixel share % | " + " | ".join(names)
-    if len(names) == 2:
-        head += " | delta"
-    lines = [head + " |", "|" + "---|" * (len(names) + 2 + (len(names) == 2))]
+    """Per-class table; each run after the first also gets its delta to the first."""
+    base, others = names[0], names[1:]
+    head = ["class", "pixel share %", *names, *(f"Δ {n}" for n in others)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary["classes"]:
-        cells = [f"{row[n]:.2f} ± {row[n + '_std']:.2f}" for n in names]
-        line = f"| {row['class']} | {row['pixel_share']:.2f} | " + " | ".join(cells)
-        if len(names) == 2:
-            line += f" | {row[names[1]] - row[names[0]]:+.2f}"
-        lines.append(line + " |")
-    cells = [
-        f"**{summary['summary'][n]['mIoU']:.2f} ± {summary['summary'][n]['mIoU_std']:.2f}**"
-        for n in names
-    ]
-    line = "| **mIoU** | | " + " | ".join(cells)
-    if len(names) == 2:
-        delta = summary["summary"][names[1]]["mIoU"] - summary["summary"][names[0]]["mIoU"]
-        line += f" | {delta:+.2f}"
-    lines.append(line + " |")
+        cells = [row["class"], f"{row['pixel_share']:.2f}"]
+        cells += [f"{row[n]:.2f} ± {row[n + '_std']:.2f}" for n in names]
+        cells += [f"{row[n] - row[base]:+.2f}" for n in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    runs = summary["summary"]
+    cells = ["**mIoU**", ""]
+    cells += [f"**{runs[n]['mIoU']:.2f} ± {runs[n]['mIoU_std']:.2f}**" for n in names]
+    cells += [f"{runs[n]['mIoU'] - runs[base]['mIoU']:+.2f}" for n in others]
+    lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -172,6 +171,22 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _finished_run(work_dir: str, config: str, seed: int, max_iters: int | None) -> dict | None:
+    """The stored result of an identical earlier run in ``work_dir``, if there is one."""
+    path = osp.join(work_dir, "per_class_metrics.json")
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            res = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = res.get("config") == config and res.get("seed") == seed and "class_counts" in res
+    if max_iters is not None:
+        same = same and res.get("iters") == max_iters
+    return res if same else None
+
+
 def run_comparison(
     out_dir: str,
     *,
@@ -198,6 +213,11 @@ def run_comparison(
     for seed in seeds:
         for name, config in configs.items():
             work_dir = osp.join(out_dir, f"{name}_seed{seed}")
+            done = _finished_run(work_dir, config, seed, max_iters)
+            if done is not None:
+                print_log(f"[ganaug] reusing finished run {work_dir}", logger="current")
+                results[name].append(done)
+                continue
             print_log(f"[ganaug] training {name} (seed {seed}) from {config}", logger="current")
             res = train_and_evaluate(
                 config,
@@ -225,10 +245,17 @@ def run_comparison(
     return summary
 
 
+def _variant(text: str) -> tuple[str, str]:
+    name, sep, config = text.partition("=")
+    if not sep or not name or not config:
+        raise argparse.ArgumentTypeError(f"expected NAME=CONFIG, got {text!r}")
+    return name, config
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "seg-compare",
-        help="train a plain and an adversarial segmentor on CamVid and compare per class",
+        help="train a plain and adversarial segmentors on CamVid and compare per class",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -236,9 +263,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--iters", type=int, default=None, help="train iterations per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to run")
     p.add_argument("--data-root", default=None, help="data root (default: $GANAUG_DATA_ROOT)")
-    p.add_argument("--baseline", default=DEFAULT_CONFIGS["baseline"], help="baseline config")
     p.add_argument(
-        "--adversarial", default=DEFAULT_CONFIGS["adversarial"], help="adversarial config"
+        "--variants",
+        type=_variant,
+        nargs="+",
+        default=None,
+        metavar="NAME=CONFIG",
+        help="runs to compare, the first is the baseline (default: "
+        + ", ".join(f"{k}={v}" for k, v in DEFAULT_CONFIGS.items())
+        + ")",
     )
     p.set_defaults(func=_run)
 
@@ -246,7 +279,7 @@ def add_parser(subparsers) -> None:
 def _run(args) -> int:
     run_comparison(
         args.out,
-        configs={"baseline": args.baseline, "adversarial": args.adversarial},
+        configs=dict(args.variants) if args.variants else None,
         max_iters=args.iters,
         seeds=args.seeds,
         data_root=args.data_root,
