@@ -116,6 +116,8 @@ def run_comparison(cfg: dict, *, output_dir: str | os.PathLike | None = None) ->
     if bad:
         raise ValueError(f"unknown method(s) {bad}; choose from {METHODS}")
     seeds = list(cfg.get("seeds", [0, 1, 2]))
+    if not seeds:
+        raise ValueError("seeds must list at least one seed, e.g. seeds: [0, 1, 2]")
     tcfg = TrainConfig(**cfg.get("classifier", {}))
     check_model_name(tcfg.model)  # fail before any training
     gcfg_dict = dict(cfg.get("gan", {}))
@@ -174,20 +176,28 @@ def run_comparison(cfg: dict, *, output_dir: str | os.PathLike | None = None) ->
                 rep["balanced_accuracy"],
                 rep["macro_f1"],
             )
-    results = _aggregate(per_seed, names, counts, run=run, out=out)
-    results.update(
-        run=run,
-        seeds=seeds,
-        train_counts=counts,
-        test_counts=dict(zip(names, test.class_counts())),
-        classifier=vars(tcfg),
-        gan=gan_info,
-        config=cfg,
-    )
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    (out / "results.md").write_text(format_table(results))
+        # Written after every seed, so an interrupted run still leaves its finished seeds.
+        results = _aggregate(per_seed, names, counts, run=run, out=out)
+        results.update(
+            run=run,
+            seeds=seeds,
+            seeds_done=seeds[: seeds.index(seed) + 1],
+            train_counts=counts,
+            test_counts=dict(zip(names, test.class_counts())),
+            classifier=vars(tcfg),
+            gan=gan_info,
+            config=cfg,
+        )
+        _write_atomic(out / "results.json", json.dumps(results, indent=1, default=str))
+        _write_atomic(out / "results.md", format_table(results))
     logger.info("results in %s\n%s", out, format_table(results))
     return results
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _gan_oversample(train, plain_model, gcfg_dict, ocfg, *, seed, device, out, cfg):
