@@ -133,23 +133,23 @@ def test_mmseg_rare_class_paste(camvid_dir):
     pytest.importorskip("mmcv.ops", reason="mmseg needs a full mmcv build (with ops)")
     pytest.importorskip("mmseg", reason="mmsegmentation is not installed")
     from mmcv.transforms import Compose
+    from mmseg.registry import TRANSFORMS
 
     import ganaug.mmseg.transforms  # noqa: F401  (registers RareClassPaste)
 
-    pipeline = Compose(
-        [
-            dict(type="LoadImageFromFile"),
-            dict(type="LoadAnnotations"),
-            dict(
-                type="RareClassPaste",
-                img_dir=str(camvid_dir / "train"),
-                ann_dir=str(camvid_dir / "trainannot"),
-                classes=[9, 10],
-                count=(3, 3),
-                ignore_index=11,
-            ),
-        ]
-    )
+    cfgs = [
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations"),
+        dict(
+            type="RareClassPaste",
+            img_dir=str(camvid_dir / "train"),
+            ann_dir=str(camvid_dir / "trainannot"),
+            classes=[9, 10],
+            count=(3, 3),
+            ignore_index=11,
+        ),
+    ]
+    pipeline = Compose([TRANSFORMS.build(c) for c in cfgs])
     img_path, lab_path = camvid_pairs(camvid_dir, "train")[0]
     np.random.seed(0)
     res = pipeline(dict(img_path=str(img_path), seg_map_path=str(lab_path), reduce_zero_label=False,
