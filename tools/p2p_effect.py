@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from ganaug.mmseg.main_job import run_comparison
+    from ganaug.main_job import run_comparison
 
     configs = {k: str(REPO / v) for k, v in CONFIGS.items()}
     run_comparison(args.out, configs=configs, max_iters=args.iters, seeds=args.seeds)
