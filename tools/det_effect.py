@@ -85,11 +85,18 @@ def main(argv=None) -> int:
                 cfg["out_dir"] = str(out_dir)
                 result = train(cfg)
             runs.append({"variant": variant, "seed": seed, **result})
+            # Rewrite the summary after every run, so a campaign cut short still reports.
+            _summarise(runs, args)
+    return 0
 
+
+def _summarise(runs: list[dict], args) -> None:
     summary = {}
     for variant in args.variants:
         mine = [r for r in runs if r["variant"] == variant]
-        row = {}
+        if not mine:
+            continue
+        row = {"seeds": [r["seed"] for r in mine]}
         for m in METRICS:
             row[m] = _mean_std([r["eval"][m] for r in mine])
         if args.eval_train:
@@ -99,12 +106,13 @@ def main(argv=None) -> int:
 
     cols = METRICS + (["train_AP50"] if args.eval_train else []) + ["seconds"]
     lines = [
-        "| variant | " + " | ".join(cols) + " |",
-        "|---|" + "---|" * len(cols),
+        "| variant | seeds | " + " | ".join(cols) + " |",
+        "|---|---|" + "---|" * len(cols),
     ]
     for variant, row in summary.items():
         cells = [f"{row[c][0]:.2f} ± {row[c][1]:.2f}" for c in cols]
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        seeds = ",".join(str(s) for s in row["seeds"])
+        lines.append(f"| {variant} | {seeds} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "effect.md").write_text(table + "\n")
@@ -112,11 +120,10 @@ def main(argv=None) -> int:
     (args.out / "effect.json").write_text(
         json.dumps({"args": meta, "summary": summary, "runs": runs}, indent=2, default=float)
     )
-    logger.info("seeds %s, %d iterations each\n%s", args.seeds, args.iters, table)
+    logger.info("%d runs so far, %d iterations each\n%s", len(runs), args.iters, table)
     _plot(summary, args.out / "effect.png", args)
     if args.plot:
         _plot(summary, args.plot, args)
-    return 0
 
 
 def _plot(summary: dict, path: Path, args) -> None:
@@ -126,6 +133,7 @@ def _plot(summary: dict, path: Path, args) -> None:
     import matplotlib.pyplot as plt
 
     shown = ["AP", "AP50", "APs"] + (["train_AP50"] if args.eval_train else [])
+    seeds = max(len(row["seeds"]) for row in summary.values())
     fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=80)
     width = 0.8 / len(summary)
     for i, (variant, row) in enumerate(summary.items()):
@@ -142,7 +150,7 @@ def _plot(summary: dict, path: Path, args) -> None:
     ax.set_ylabel("COCO AP (%)")
     ax.set_title(
         f"coco128, from scratch, {args.iters} it x {args.batch_size} img, "
-        f"{len(args.seeds)} seeds (mean ± std)",
+        f"up to {seeds} seeds (mean ± std)",
         fontsize=9,
     )
     ax.legend(fontsize=7)
