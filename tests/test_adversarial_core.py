@@ -118,3 +118,20 @@ def test_generator_loss_reaches_prob_map_but_not_frozen_discriminator():
     loss.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     assert all(p.grad is None for p in d.parameters())
+
+
+def test_weighted_cross_entropy_matches_hand_computation():
+    from ganaug.core.adversarial import weighted_cross_entropy
+
+    logits = torch.tensor([[[[2.0, 0.0, 1.0]], [[0.0, 1.0, 1.0]]]])  # (1, 2, 1, 3)
+    target = torch.tensor([[[0, 1, 255]]])
+    w = torch.tensor([1.0, 3.0])
+    ce0 = math.log1p(math.exp(-2.0))  # pixel 0, class 0
+    ce1 = math.log1p(math.exp(-1.0))  # pixel 1, class 1
+    expected = (1.0 * ce0 + 3.0 * ce1) / (1.0 + 3.0)
+    got = weighted_cross_entropy(logits, target, w, ignore_index=255)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    all_ignored = weighted_cross_entropy(logits, torch.full_like(target, 255), w)
+    assert all_ignored.item() == 0.0
+    with pytest.raises(ValueError, match="class_weight has 3 entries"):
+        weighted_cross_entropy(logits, target, torch.ones(3))

@@ -219,3 +219,36 @@ def set_requires_grad(module: nn.Module, flag: bool) -> None:
     """Toggle gradients of all parameters of ``module`` (freeze D while updating S)."""
     for p in module.parameters():
         p.requires_grad_(flag)
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Class-weighted pixel cross-entropy, averaged over the weights of labelled pixels.
+
+    ``sum_i w[y_i] * CE_i / sum_i w[y_i]`` over pixels whose label is not ``ignore_index``,
+    as ``torch.nn.functional.cross_entropy`` with ``weight=`` computes it; an all-ignored
+    batch gives 0 (with a gradient) instead of NaN.
+
+    Shape:
+        - logits: ``(B, K, H, W)``
+        - target: ``(B, H, W)`` integer labels in ``[0, K)`` or ``ignore_index``
+        - class_weight: ``(K,)``
+    """
+    if logits.dim() != 4 or target.dim() != 3:
+        raise ValueError(
+            f"expected logits (B, K, H, W) and target (B, H, W), got {tuple(logits.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    if class_weight is not None and class_weight.numel() != logits.shape[1]:
+        raise ValueError(
+            f"class_weight has {class_weight.numel()} entries, logits have {logits.shape[1]} "
+            "classes"
+        )
+    if not (target != ignore_index).any():
+        return logits.sum() * 0.0
+    weight = None if class_weight is None else class_weight.to(logits)
+    return F.cross_entropy(logits, target.long(), weight=weight, ignore_index=ignore_index)

@@ -10,6 +10,7 @@ from ganaug.mmseg.adversarial import (
     median_frequency_from_dir,
 )
 from ganaug.mmseg.datasets import CAMVID_CLASSES, CamVidDataset
+from ganaug.mmseg.losses import WeightedCrossEntropyLoss
 from ganaug.mmseg.metrics import PerClassIoUMetric
 from ganaug.mmseg.mixed_dataset import MixedRealSyntheticDataset, SyntheticRatioHook
 from ganaug.mmseg.pix2pixhd import Pix2PixHD, Pix2PixHDSampleHook
@@ -28,5 +29,6 @@ __all__ = [
     "RareClassPaste",
     "SyntheticRatioHook",
     "ValidateSegLabels",
+    "WeightedCrossEntropyLoss",
     "median_frequency_from_dir",
 ]

@@ -8,6 +8,9 @@ label-map discriminator trained with its own optimizer. Config sketch::
         segmentor=_base_.model,                     # any mmseg segmentor config
         discriminator=dict(type='LabelMapDiscriminator', base_channels=32),
         adv_loss_type='vanilla', adv_weight=0.05, warmup_iters=100)
+    # class-weighted CE (Rezaei et al.'s weighted variants) goes in the segmentor's head:
+    # decode_head=dict(loss_decode=dict(type='WeightedCrossEntropyLoss',
+    #     class_weight=dict(type='median_frequency', seg_map_dir=..., num_classes=K)))
     optim_wrapper = dict(
         constructor='AdversarialOptimWrapperConstructor',
         segmentor=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3)),
@@ -27,7 +30,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapperDict
 from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
@@ -107,10 +109,6 @@ class AdversarialSegmentor(BaseModel):
         adv_weight: weight of the adversarial term in the segmentor's loss.
         warmup_iters: train steps during which the segmentor ignores the discriminator
             (the discriminator still learns), so it does not chase an untrained critic.
-        class_weight: ``None``, a list of K weights, or
-            ``dict(type='median_frequency', seg_map_dir=..., void_values=[...],
-            max_weight=None)`` computed from the training label maps at build time. It is
-            set on every decode-head loss that has a ``class_weight`` attribute.
         data_preprocessor: used for the segmentor when its own config has none (the
             Runner passes the config's top-level ``data_preprocessor`` here).
         init_cfg: mmengine init config.
@@ -126,7 +124,6 @@ class AdversarialSegmentor(BaseModel):
         adv_loss_type: str = "vanilla",
         adv_weight: float = 0.05,
         warmup_iters: int = 0,
-        class_weight: list | dict | None = None,
         data_preprocessor: dict | None = None,
         init_cfg: dict | None = None,
     ) -> None:
@@ -169,43 +166,6 @@ class AdversarialSegmentor(BaseModel):
         self.warmup_iters = int(warmup_iters)
         # Persisted so that warm-up continues correctly after a resume.
         self.register_buffer("num_train_steps", torch.zeros((), dtype=torch.long))
-        if class_weight is not None:
-            self._set_class_weight(class_weight)
-
-    def _set_class_weight(self, class_weight) -> None:
-        if isinstance(class_weight, dict):
-            cfg = dict(class_weight)
-            kind = cfg.pop("type", None)
-            if kind != "median_frequency":
-                raise ValueError(
-                    f"class_weight dict must have type='median_frequency', got {kind!r}"
-                )
-            weights = median_frequency_from_dir(
-                cfg["seg_map_dir"],
-                self.num_classes,
-                void_values=cfg.get("void_values", (self.ignore_index,)),
-                max_weight=cfg.get("max_weight"),
-            )
-        else:
-            weights = [float(w) for w in class_weight]
-        if len(weights) != self.num_classes:
-            raise ValueError(
-                f"class_weight has {len(weights)} entries, expected {self.num_classes}"
-            )
-        head = self.segmentor.decode_head
-        losses = (
-            head.loss_decode if isinstance(head.loss_decode, nn.ModuleList) else [head.loss_decode]
-        )
-        targets = [loss for loss in losses if hasattr(loss, "class_weight")]
-        if not targets:
-            raise TypeError("class_weight given but no decode-head loss has a class_weight")
-        for loss in targets:
-            loss.class_weight = weights
-        self.class_weight = weights
-        print_log(
-            "AdversarialSegmentor: class weights " + ", ".join(f"{w:.3g}" for w in weights),
-            logger="current",
-        )
 
     # Inference and plain forward: exactly the wrapped segmentor's.
     def forward(self, inputs, data_samples=None, mode: str = "tensor"):
