@@ -130,6 +130,11 @@ class GanaugTrainer(DefaultTrainer):
             per_dataset = {cfg.DATASETS.TEST[0]: results} if "bbox" in results else results
             for name, res in per_dataset.items():
                 if "bbox" not in res:
+                    logger.warning(
+                        "ganaug: no box results for %s (no predictions above "
+                        "MODEL.ROI_HEADS.SCORE_THRESH_TEST?): per_class_metrics.json not written",
+                        name,
+                    )
                     continue
                 record = per_class_metrics(res["bbox"], run=run, counts=counts)
                 path = os.path.join(cfg.OUTPUT_DIR, "inference", name, "per_class_metrics.json")
