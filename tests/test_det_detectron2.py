@@ -118,6 +118,10 @@ def test_every_config_key_is_commented():
     lines = inspect.getsource(gd.add_ganaug_config).splitlines()
     keys = [i for i, line in enumerate(lines) if line.strip().startswith("_C.") and " = " in line]
     assert len(keys) >= 20
+    cfg = get_cfg()
+    gd.add_ganaug_config(cfg)
+    # The copy-paste mapper's keys come from the same single entry point.
+    assert "PASTE" in cfg.GANAUG and "ENABLED" in cfg.GANAUG.PASTE
     for i in keys:
         if lines[i].strip().endswith("CN()"):
             continue

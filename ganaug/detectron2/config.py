@@ -23,7 +23,11 @@ MODEL_ZOO_PREFIX = "model_zoo/"
 
 
 def add_ganaug_config(cfg: CN) -> None:
-    """Add ganaug's keys (``MODEL.GANAUG.*``, ``SOLVER.GANAUG_ADV.*``) with their defaults."""
+    """Add every ganaug key with its default.
+
+    ``MODEL.GANAUG.*`` (ROI heads), ``SOLVER.GANAUG_ADV.*`` (the adversaries' optimizer) and
+    ``GANAUG.PASTE.*`` (:class:`ganaug.detectron2.paste_mapper.PasteDatasetMapper`).
+    """
     _C = cfg
     _C.MODEL.GANAUG = CN()
 
@@ -91,6 +95,11 @@ def add_ganaug_config(cfg: CN) -> None:
     _C.SOLVER.GANAUG_ADV.BETAS = (0.5, 0.999)
     # Adam weight decay.
     _C.SOLVER.GANAUG_ADV.WEIGHT_DECAY = 0.0
+
+    # ---- Copy-paste dataset mapper (GANAUG.PASTE.*), commented where they are defined ----
+    from .paste_mapper import add_paste_config
+
+    add_paste_config(_C)
 
 
 def _merge_dicts(base: dict, child: dict) -> dict:
