@@ -465,7 +465,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="name of the baseline run (default: the first; useful with a folder of runs)",
     )
-    p.add_argument("--out", default="compare_out", help="folder for compare.json/.md/.png")
+    p.add_argument("--out", default="outputs/compare", help="folder for compare.json/.md/.png")
     p.add_argument("--no-plot", action="store_true", help="write no PNG plot")
     p.set_defaults(func=run)
     return p

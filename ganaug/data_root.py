@@ -32,7 +32,7 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
         DataRootError: the chosen root does not exist, with the setting to change.
     """
     if root is not None:
-        path, origin = Path(root), "the given data root"
+        path, origin = Path(root), "the data root you passed (--data-root / data_root=)"
     elif os.environ.get(ENV_VAR):
         path, origin = Path(os.environ[ENV_VAR]), f"${ENV_VAR}"
     else:
@@ -46,8 +46,8 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
         )
     if not path.is_dir():
         raise DataRootError(
-            f"Data root {path} (from {origin}) is not a directory: set {ENV_VAR} "
-            f"to the folder holding the datasets."
+            f"Data root {path} (from {origin}) is not a directory: point it at the folder "
+            f"holding camvid/, coco128/ and magnetic-tile/."
         )
     return path.resolve()
 

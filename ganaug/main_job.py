@@ -117,6 +117,12 @@ def summarise(results: dict[str, list[dict]], class_counts: dict[str, int]) -> d
     return {"metric": "IoU", "classes": table, "summary": summary}
 
 
+def _cell(mean: float, std: float, summary: dict) -> str:
+    # With one seed there is no spread to report.
+    seeds = max(len(v["seeds"]) for v in summary["summary"].values())
+    return f"{mean:.2f} ± {std:.2f}" if seeds > 1 else f"{mean:.2f}"
+
+
 def to_markdown(summary: dict, names: list[str]) -> str:
     """Per-class table; each run after the first also gets its delta to the first."""
     base, others = names[0], names[1:]
@@ -124,12 +130,12 @@ def to_markdown(summary: dict, names: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary["classes"]:
         cells = [row["class"], f"{row['pixel_share']:.2f}"]
-        cells += [f"{row[n]:.2f} ± {row[n + '_std']:.2f}" for n in names]
+        cells += [_cell(row[n], row[n + "_std"], summary) for n in names]
         cells += [f"{row[n] - row[base]:+.2f}" for n in others]
         lines.append("| " + " | ".join(cells) + " |")
     runs = summary["summary"]
     cells = ["**mIoU**", ""]
-    cells += [f"**{runs[n]['mIoU']:.2f} ± {runs[n]['mIoU_std']:.2f}**" for n in names]
+    cells += [f"**{_cell(runs[n]['mIoU'], runs[n]['mIoU_std'], summary)}**" for n in names]
     cells += [f"{runs[n]['mIoU'] - runs[base]['mIoU']:+.2f}" for n in others]
     lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -245,6 +251,13 @@ def run_comparison(
     return summary
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _variant(text: str) -> tuple[str, str]:
     name, sep, config = text.partition("=")
     if not sep or not name or not config:
@@ -255,12 +268,12 @@ def _variant(text: str) -> tuple[str, str]:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "seg-compare",
-        help="train a plain and adversarial segmentors on CamVid and compare per class",
+        help="train plain and adversarial segmentors on CamVid and compare them per class",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="outputs/main_job", help="output folder")
-    p.add_argument("--iters", type=int, default=None, help="train iterations per run")
+    p.add_argument("--iters", type=_positive_int, default=None, help="train iterations per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to run")
     p.add_argument("--data-root", default=None, help="data root (default: $GANAUG_DATA_ROOT)")
     p.add_argument(
@@ -277,11 +290,28 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args) -> int:
-    run_comparison(
-        args.out,
-        configs=dict(args.variants) if args.variants else None,
-        max_iters=args.iters,
-        seeds=args.seeds,
-        data_root=args.data_root,
-    )
+    from ganaug.data_root import DataRootError
+
+    configs = None
+    if args.variants:
+        names = [name for name, _ in args.variants]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise SystemExit(f"ganaug seg-compare: duplicate variant names {dup}")
+        if len(names) < 2:
+            raise SystemExit("ganaug seg-compare: give at least two variants to compare")
+        configs = dict(args.variants)
+    try:
+        # Check every config and the data before the first run trains for minutes.
+        for config in (configs or DEFAULT_CONFIGS).values():
+            _resolve_config(config)
+        run_comparison(
+            args.out,
+            configs=configs,
+            max_iters=args.iters,
+            seeds=args.seeds,
+            data_root=args.data_root,
+        )
+    except (FileNotFoundError, DataRootError) as err:
+        raise SystemExit(f"ganaug seg-compare: {err}") from err
     return 0

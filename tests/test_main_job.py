@@ -52,3 +52,30 @@ def test_finished_run_is_reused_only_when_identical(tmp_path):
     assert _finished_run(str(tmp_path), "other.py", 0, None) is None
     (tmp_path / "per_class_metrics.json").write_text("{truncated")
     assert _finished_run(str(tmp_path), "c.py", 0, None) is None
+
+
+def test_single_seed_has_no_spread_column():
+    s = summarise({"a": [_run(0, {"x": 3.0}, 3.0)], "b": [_run(0, {"x": 4.0}, 4.0)]}, {"x": 5})
+    md = to_markdown(s, ["a", "b"])
+    assert "±" not in md
+    assert md.splitlines()[2] == "| x | 100.00 | 3.00 | 4.00 | +1.00 |"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--iters", "0"], "positive integer"),
+        (["--variants", "a=x.py", "a=y.py"], "duplicate variant names"),
+        (["--variants", "a=x.py"], "at least two variants"),
+        (["--variants", "a=/nonexistent/cfg.py", "b=/nonexistent/cfg.py"], "not found"),
+        (["--data-root", "/nonexistent/root"], "--data-root"),
+    ],
+)
+def test_seg_compare_rejects_bad_arguments_before_training(argv, message, capsys, tmp_path):
+    from ganaug.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["seg-compare", "--out", str(tmp_path), *argv])
+    text = str(exc.value.code) + capsys.readouterr().err
+    assert message in text
+    assert not any(tmp_path.iterdir())  # nothing trained

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("path", help="COCO JSON (or its folder), label-map dataset, or class folders")
     p.add_argument("--format", choices=FORMATS, default=None, help="skip auto-detection")
-    p.add_argument("--out", default=None, help="output folder (default: inspect_out/<name>)")
+    p.add_argument("--out", default=None, help="output folder (default: outputs/inspect/<name>)")
     p.add_argument(
         "--classes",
         default=None,
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     except InspectError as err:
         sys.stderr.write(f"ganaug inspect: {err}\n")
         return 1
-    out = Path(args.out) if args.out else Path("inspect_out") / report["name"]
+    out = Path(args.out) if args.out else Path("outputs/inspect") / report["name"]
     paths = write_report(report, out, plots=not args.no_plots)
     sys.stdout.write(format_summary(report) + "\n")
     sys.stdout.write("  written: " + ", ".join(str(p) for p in paths.values()) + "\n")
