@@ -28,6 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ganaug.datasets import camvid
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -49,25 +51,9 @@ __all__ = [
     "plot_distribution",
 ]
 
-CAMVID_CLASSES = (
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Pavement",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-)
-CAMVID_IGNORE_INDEX = 11
-# The dataset's usual colours (SegNet tutorial), void black.
-CAMVID_PALETTE = (
-    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-    (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
-)  # fmt: skip
+CAMVID_CLASSES = camvid.CLASSES
+CAMVID_IGNORE_INDEX = camvid.VOID
+CAMVID_PALETTE = camvid.PALETTE
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ganaug.datasets import camvid
 from ganaug.inspect._common import (
     IMAGE_EXTENSIONS,
     InspectError,
@@ -31,11 +32,8 @@ logger = logging.getLogger(__name__)
 _SINGLE_CHANNEL_MODES = ("L", "P", "1", "I", "I;16", "I;16L", "I;16B", "I;16N")
 
 # CamVid's 11-class SegNet version (the layout train/ + trainannot/ with value 11 = void).
-CAMVID_CLASSES = (
-    "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
-    "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
-)  # fmt: skip
-CAMVID_IGNORE = 11
+CAMVID_CLASSES = camvid.CLASSES
+CAMVID_IGNORE = camvid.VOID
 
 
 def read_label_map(path: str | Path) -> np.ndarray:

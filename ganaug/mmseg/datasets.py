@@ -9,35 +9,12 @@ from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
 from ganaug.core.label_stats import check_image_file
+from ganaug.datasets import camvid
 
-CAMVID_CLASSES = (
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Pavement",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-)
-CAMVID_PALETTE = [
-    [128, 128, 128],
-    [128, 0, 0],
-    [192, 192, 128],
-    [128, 64, 128],
-    [60, 40, 222],
-    [128, 128, 0],
-    [192, 128, 128],
-    [64, 64, 128],
-    [64, 0, 128],
-    [64, 64, 0],
-    [0, 128, 192],
-]
+CAMVID_CLASSES = camvid.CLASSES
+CAMVID_PALETTE = [list(c) for c in camvid.PALETTE]
 # CamVid's label 11 marks void pixels; ValidateSegLabels maps it to mmseg's ignore index.
-CAMVID_VOID = 11
+CAMVID_VOID = camvid.VOID
 
 
 @DATASETS.register_module()

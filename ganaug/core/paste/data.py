@@ -15,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ganaug.datasets import camvid
+
 from .copy_paste import _quiet_coco, read_image
 from .instances import ann_to_mask
 
@@ -29,11 +31,8 @@ __all__ = [
     "mask_to_polygons",
 ]
 
-CAMVID_CLASSES = (
-    "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
-    "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
-)  # fmt: skip
-CAMVID_IGNORE = 11
+CAMVID_CLASSES = camvid.CLASSES
+CAMVID_IGNORE = camvid.VOID
 
 MAGNETIC_TILE_CLASSES = ("MT_Free", "MT_Blowhole", "MT_Uneven", "MT_Break", "MT_Crack", "MT_Fray")
 
