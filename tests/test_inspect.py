@@ -626,3 +626,26 @@ def test_config_root_from_environment(tmp_path, monkeypatch):
     assert default_config_root() == tmp_path
     monkeypatch.delenv("GANAUG_CONFIG_ROOT")
     assert (default_config_root() / "ganaug" / "inspect").is_dir()
+
+
+def test_labelmap_reports_truncated_image_and_non_image_file(tmp_path, camvid_dir):
+    """What a training loader would stop on is reported here, without stopping."""
+    import shutil
+
+    from ganaug.inspect.api import inspect_dataset
+
+    root = tmp_path / "camvid"
+    (root / "train").mkdir(parents=True)
+    (root / "trainannot").mkdir()
+    names = sorted(p.name for p in (camvid_dir / "train").iterdir())[:3]
+    for n in names:
+        shutil.copy(camvid_dir / "train" / n, root / "train" / n)
+        shutil.copy(camvid_dir / "trainannot" / n, root / "trainannot" / n)
+    data = (root / "train" / names[0]).read_bytes()
+    (root / "train" / names[0]).write_bytes(data[: len(data) // 2])
+    (root / "train" / "notes.txt").write_text("not an image")
+    problems = inspect_dataset(root, recommend=False)["problems"]
+    assert problems["unreadable_files"]["count"] == 1
+    assert names[0] in problems["unreadable_files"]["examples"][0]["file"]
+    assert problems["not_image_files"]["count"] == 1
+    assert problems["not_image_files"]["examples"][0].endswith("notes.txt")

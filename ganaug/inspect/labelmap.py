@@ -144,10 +144,21 @@ def inspect_labelmaps(
     outside_examples: list[str] = []
     n_maps = 0
 
+    not_images: list[str] = []
     for split in splits:
         pairs, nl, ni = pair_files(split, img_suffix=img_suffix, seg_suffix=seg_suffix)
         no_label += nl
         no_image += ni
+        # Files a training loader would trip over: anything that is not an image.
+        for folder in {split.images, split.labels}:
+            with os.scandir(folder) as it:
+                not_images += sorted(
+                    str(folder / e.name)
+                    for e in it
+                    if e.is_file()
+                    and not e.name.startswith(".")
+                    and os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS
+                )
         logger.info("%s: reading label maps in %s", split.name, split.labels)
         for image_path, label_path in pairs:
             try:
@@ -246,6 +257,7 @@ def inspect_labelmaps(
             "images_without_label_map": {"count": len(no_label), "examples": examples(no_label)},
             "label_maps_without_image": {"count": len(no_image), "examples": examples(no_image)},
             "unreadable_files": unreadable.to_dict(),
+            "not_image_files": {"count": len(not_images), "examples": examples(not_images)},
             "size_mismatch": size_mismatch.to_dict(),
             "labels_outside_classes": {
                 "count": sum(outside_files.values()),
@@ -275,10 +287,12 @@ def _add_regions(lab: np.ndarray, present: np.ndarray, scale: ScaleAccumulator) 
 def _check_image(
     path: Path, shape, mismatch: ProblemLog, unreadable: ProblemLog, strict: bool
 ) -> None:
-    """Header-only read of the image: it must open and match the label map's size."""
+    """Header read plus PIL's integrity check (PNG chunk CRCs catch truncated files): the
+    image must open and match the label map's size. Pixels are not decoded."""
     try:
         with Image.open(path) as img:
             w, h = img.size
+            img.verify()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         if strict:
             raise InspectError(f"{path}: cannot be read as an image: {err}") from err
