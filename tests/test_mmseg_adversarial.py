@@ -244,6 +244,15 @@ def test_corrupt_png_in_image_folder(tmp_path, camvid_dir):
         _dataset(root)
 
 
+def test_truncated_png_in_image_folder(tmp_path, camvid_dir):
+    root = _mini_camvid(tmp_path, camvid_dir)
+    victim = sorted((root / "train").iterdir())[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"{victim.name}: corrupt or truncated"):
+        _dataset(root)
+
+
 def test_missing_data_root_says_which_setting(tmp_path, monkeypatch):
     from ganaug.data_root import DataRootError, dataset_dir
 
