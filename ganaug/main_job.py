@@ -204,7 +204,7 @@ def run_comparison(
     """Train every config for each seed, then write the comparison files into ``out_dir``."""
     from mmengine.logging import print_log
 
-    from ganaug.core.label_stats import class_pixel_counts
+    from ganaug.core.label_stats import class_pixel_counts_from_files
     from ganaug.data_root import dataset_dir
     from ganaug.mmseg.datasets import CAMVID_CLASSES, CAMVID_VOID
 
@@ -212,7 +212,9 @@ def run_comparison(
     camvid = dataset_dir("camvid", data_root)
     os.makedirs(out_dir, exist_ok=True)
     ann = sorted((camvid / "trainannot").glob("*.png"))
-    counts = class_pixel_counts(ann, len(CAMVID_CLASSES), ignore_values=(CAMVID_VOID, 255))
+    counts = class_pixel_counts_from_files(
+        ann, len(CAMVID_CLASSES), ignore_values=(CAMVID_VOID, 255)
+    )
     class_counts = {c: int(n) for c, n in zip(CAMVID_CLASSES, counts)}
 
     results: dict[str, list[dict]] = {name: [] for name in configs}

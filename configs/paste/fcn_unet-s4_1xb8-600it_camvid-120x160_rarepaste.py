@@ -2,9 +2,7 @@
 # object-like classes are pasted into training images, chosen by inverse pixel
 # frequency (square-root rule). Same model, schedule and data otherwise.
 _base_ = ["../adv_seg/fcn_unet-s4_1xb8-600it_camvid-120x160.py"]
-custom_imports = dict(
-    imports=["ganaug.mmseg", "ganaug.mmseg.transforms"], allow_failed_imports=False
-)
+custom_imports = dict(imports=["ganaug.mmseg"], allow_failed_imports=False)
 
 data_root = "{{$GANAUG_DATA_ROOT:../shared/data}}/camvid"
 num_classes = 11

@@ -2,9 +2,7 @@
 # synthetic set (written by `ganaug synth`): same model, schedule and batch as the baseline,
 # 30% of the samples of each pass synthetic.
 _base_ = ["../adv_seg/fcn_unet-s4_1xb8-600it_camvid-120x160.py"]
-custom_imports = dict(
-    imports=["ganaug.mmseg", "ganaug.mmseg.mixed_dataset"], allow_failed_imports=False
-)
+custom_imports = dict(imports=["ganaug.mmseg"], allow_failed_imports=False)
 
 synthetic_root = "{{$GANAUG_P2P_SYNTH:work_dirs/p2p/synth}}"
 train_dataloader = dict(

@@ -3,10 +3,7 @@
 # Train:  python tools/train.py configs/pix2pixhd/pix2pixhd-slim_1xb4-1000it_camvid-120x160.py
 #         (--resume continues from work_dir's last checkpoint: both nets, both optimizers)
 _base_ = ["../_base_/default_runtime.py"]
-custom_imports = dict(
-    imports=["ganaug.mmseg", "ganaug.mmseg.pix2pixhd", "ganaug.mmseg.mixed_dataset"],
-    allow_failed_imports=False,
-)
+custom_imports = dict(imports=["ganaug.mmseg"], allow_failed_imports=False)
 
 data_root = "{{$GANAUG_DATA_ROOT:../shared/data}}/camvid"
 num_classes = 11

@@ -62,13 +62,16 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
-def class_pixel_counts(
+def class_pixel_counts_from_files(
     label_paths: Iterable[str | os.PathLike],
     num_classes: int,
     *,
     ignore_values: Iterable[int] = (255,),
 ) -> np.ndarray:
-    """Pixel count per class over label maps, reading one map at a time.
+    """Pixel count per class over label-map files, reading one map at a time.
+
+    Memory stays flat in the number of files; for maps already in memory see
+    :func:`ganaug.core.rebalance.class_pixel_counts`.
 
     Args:
         label_paths: label PNG files.

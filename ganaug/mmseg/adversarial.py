@@ -43,7 +43,7 @@ from ganaug.core.adversarial import (
     one_hot_label_map,
     set_requires_grad,
 )
-from ganaug.core.label_stats import IMAGE_SUFFIXES, class_pixel_counts
+from ganaug.core.label_stats import IMAGE_SUFFIXES, class_pixel_counts_from_files
 
 MODELS.register_module(module=LabelMapDiscriminator)
 
@@ -92,7 +92,7 @@ def median_frequency_from_dir(
     )
     if not paths:
         raise ValueError(f"class_weight: no label maps in {seg_map_dir}")
-    counts = class_pixel_counts(paths, num_classes, ignore_values=void_values)
+    counts = class_pixel_counts_from_files(paths, num_classes, ignore_values=void_values)
     return median_frequency_weights(counts, max_weight=max_weight).tolist()
 
 
