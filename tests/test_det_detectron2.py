@@ -271,6 +271,45 @@ def test_inference_matches_standard_head(batch, variant):
         torch.testing.assert_close(x.scores, y.scores)
 
 
+@pytest.mark.parametrize("reference", ["original", "input"])
+def test_pgan_small_area_in_original_pixels(batch, reference, monkeypatch):
+    """After detectron2's resize (about 0.2x here), a box of 31 x 31 original pixels is
+    small and one of 33 x 33 is large (COCO's 32 x 32 rule, SMALL_AREA 1024); measured in
+    network-input pixels both would be small."""
+    from detectron2.structures import Boxes, Instances
+
+    torch.manual_seed(0)
+    cfg = _cfg("pgan", "MODEL.GANAUG.PGAN.AREA_REFERENCE", reference)
+    assert cfg.MODEL.GANAUG.PGAN.SMALL_AREA == 1024.0
+    model = gd.GanaugTrainer.build_model(cfg).eval()
+    model.proposal_generator = None  # detectron2's precomputed-proposals path
+    head = model.roi_heads
+    inputs = []
+    for b in batch:
+        h, w = b["image"].shape[-2:]
+        assert h * w < 0.1 * b["height"] * b["width"]  # really resized
+        to_input = ((h * w) / (b["height"] * b["width"])) ** 0.5
+        boxes = [[10.0, 10.0, 10.0 + side * to_input, 10.0 + side * to_input] for side in (31, 33)]
+        props = Instances((h, w))
+        props.proposal_boxes = Boxes(torch.tensor(boxes))
+        props.objectness_logits = torch.zeros(2)
+        inputs.append({"image": b["image"], "height": b["height"], "width": b["width"],
+                       "proposals": props})  # fmt: skip
+    seen = []
+    enhance = head.pgan.enhance
+
+    def spy(features, small, fine_features=None):
+        seen.append(small.clone())
+        return enhance(features, small, fine_features)
+
+    monkeypatch.setattr(head.pgan, "enhance", spy)
+    with torch.no_grad():
+        model(inputs)
+    want = [True, False, True, False] if reference == "original" else [True] * 4
+    assert seen[0].tolist() == want
+    assert head._original_sizes is None  # cleared after the forward
+
+
 def test_empty_proposals_and_no_foreground(batch):
     torch.manual_seed(0)
     model = build_model(_cfg("asdn_astn", "MODEL.GANAUG.ASDN.STAGE1_ITERS", 0))

@@ -8,7 +8,7 @@ installed by its own instructions (it is not on PyPI).
 from .config import MODEL_ZOO_PREFIX, add_ganaug_config, merge_ganaug_config_file
 from .data import COCO128_SPLITS, class_counts, load_coco128, register_coco128
 from .hooks import AdversaryOptimizerHook, find_adversaries, register_adversary_hook
-from .roi_heads import AdversarialROIHeads, PerceptualGANROIHeads
+from .roi_heads import AdversarialROIHeads, PerceptualGANROIHeads, track_original_sizes
 from .train import GanaugTrainer, per_class_metrics, write_per_class_metrics
 
 register_coco128()
@@ -28,5 +28,6 @@ __all__ = [
     "per_class_metrics",
     "register_adversary_hook",
     "register_coco128",
+    "track_original_sizes",
     "write_per_class_metrics",
 ]

@@ -33,9 +33,13 @@ def add_ganaug_config(cfg: CN) -> None:
 
     # ---- Perceptual GAN head ("PerceptualGANROIHeads"), Li et al. CVPR 2017 ----
     _C.MODEL.GANAUG.PGAN = CN()
-    # A proposal is "small" when its area is below this, in pixels of the network input
-    # (after detectron2's resize): the head never sees the original image size.
+    # A proposal is "small" when its area is below this, in the pixels AREA_REFERENCE
+    # names; 32 x 32 original pixels is COCO's small-object rule.
     _C.MODEL.GANAUG.PGAN.SMALL_AREA = 32.0 * 32.0
+    # "original": SMALL_AREA is in pixels of the original image (proposal areas are scaled
+    # by each input's height * width / resized size; needs track_original_sizes, which
+    # GanaugTrainer.build_model applies); "input": in pixels of the resized network input.
+    _C.MODEL.GANAUG.PGAN.AREA_REFERENCE = "original"
     # Name of a backbone feature (e.g. "p2") pooled a second time for small proposals and
     # fed to the generator's residual branch as the paper's lower-layer input; "" = none.
     _C.MODEL.GANAUG.PGAN.FINE_FEATURE = ""

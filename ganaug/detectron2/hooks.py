@@ -138,7 +138,11 @@ def register_adversary_hook(trainer, cfg) -> AdversaryOptimizerHook:
     for h in getattr(trainer, "_hooks", []):
         if isinstance(h, AdversaryOptimizerHook):
             raise ValueError("register_adversary_hook: this trainer already has the hook")
+    from .roi_heads import track_original_sizes
+
     hook = AdversaryOptimizerHook.from_config(cfg, trainer.model)
+    # A user's DefaultTrainer built its model without GanaugTrainer.build_model.
+    track_original_sizes(trainer.model)
     trainer.register_hooks([hook])
     attach_to_inner_trainer(trainer, hook)
     return hook

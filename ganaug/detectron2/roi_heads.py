@@ -34,10 +34,20 @@ from ganaug.core.detection import (
     asdn_drop_mask,
     asdn_mask_loss,
     asdn_stage1_targets,
+    box_areas,
     sliding_window_masks,
 )
 
-__all__ = ["AdversarialROIHeads", "PerceptualGANROIHeads"]
+__all__ = [
+    "AREA_REFERENCES",
+    "AdversarialROIHeads",
+    "PerceptualGANROIHeads",
+    "track_original_sizes",
+]
+
+#: Where ``MODEL.GANAUG.PGAN.SMALL_AREA`` is measured: in the original image (before
+#: detectron2's resize) or in the network input.
+AREA_REFERENCES = ("original", "input")
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +123,16 @@ class PerceptualGANROIHeads(_GanaugHeadMixin, StandardROIHeads):
         fine_pooler: ROIPooler | None = None,
         gen_adv_weight: float = 0.1,
         foreground_only: bool = True,
+        area_reference: str = "original",
         **kwargs,
     ) -> None:
         """
         Args:
             pgan: generator + discriminator + small/large routing.
+            area_reference: "original": ``pgan.small_area`` is in pixels of the original
+                image (the ``height``/``width`` of each model input; needs
+                :func:`track_original_sizes` on the model); "input": in pixels of the
+                resized network input.
             fine_feature: backbone feature pooled again for the generator ("" = none).
             fine_pooler: pooler for ``fine_feature`` (required when it is set).
             gen_adv_weight: weight of the generator's adversarial loss.
@@ -141,6 +156,17 @@ class PerceptualGANROIHeads(_GanaugHeadMixin, StandardROIHeads):
         self.fine_pooler = fine_pooler
         self.gen_adv_weight = float(gen_adv_weight)
         self.foreground_only = bool(foreground_only)
+        if area_reference not in AREA_REFERENCES:
+            raise ValueError(
+                f"PerceptualGANROIHeads: area_reference must be one of {AREA_REFERENCES}, "
+                f"got {area_reference!r}"
+            )
+        self.area_reference = area_reference
+        # (height, width) of the original images of the current batch, set by the model's
+        # forward pre-hook (track_original_sizes) and cleared after the forward.
+        self._original_sizes: list[tuple[int, int]] | None = None
+        # Per-image factor original area / input area of the current forward.
+        self._area_factors: list[float] | None = None
         self._init_counter()
 
     @classmethod
@@ -175,10 +201,62 @@ class PerceptualGANROIHeads(_GanaugHeadMixin, StandardROIHeads):
         ret["fine_pooler"] = fine_pooler
         ret["gen_adv_weight"] = p.GEN_ADV_WEIGHT
         ret["foreground_only"] = p.FOREGROUND_ONLY
+        ret["area_reference"] = p.AREA_REFERENCE
         return ret
 
     def adversaries(self) -> dict[str, nn.Module]:
         return {"pgan_discriminator": self.pgan.discriminator}
+
+    def forward(self, images, features, proposals, targets=None):
+        self._area_factors = self._original_area_factors(images.image_sizes)
+        try:
+            return super().forward(images, features, proposals, targets)
+        finally:
+            self._area_factors = None
+
+    def _original_area_factors(self, image_sizes) -> list[float] | None:
+        """Original area / input area per image, or None to measure in input pixels."""
+        if self.area_reference == "input":
+            return None
+        sizes = self._original_sizes
+        if sizes is None:
+            log_first_n(
+                logging.WARNING,
+                "ganaug PerceptualGANROIHeads: MODEL.GANAUG.PGAN.AREA_REFERENCE is "
+                "'original' but the model's inputs' original sizes are unknown (call "
+                "ganaug.detectron2.track_original_sizes(model); GanaugTrainer does it): "
+                "SMALL_AREA is applied in network-input pixels",
+                n=1,
+                name=__name__,
+            )
+            return None
+        if len(sizes) != len(image_sizes):
+            raise ValueError(
+                f"PerceptualGANROIHeads: {len(image_sizes)} images reached the ROI head but "
+                f"the model's forward saw {len(sizes)} inputs"
+            )
+        return [
+            (float(oh) * float(ow)) / max(float(h) * float(w), 1.0)
+            for (oh, ow), (h, w) in zip(sizes, image_sizes)
+        ]
+
+    def _small_mask(self, proposal_boxes) -> torch.Tensor:
+        """``(N,)`` bool over all proposals: area below ``SMALL_AREA`` in the chosen pixels.
+
+        detectron2 resizes every image (``ResizeShortestEdge``), so with the "original"
+        reference each proposal's input-pixel area is scaled by its image's original / input
+        area ratio before the comparison.
+        """
+        boxes = cat([b.tensor for b in proposal_boxes], dim=0)
+        if self._area_factors is None:
+            return self.pgan.small_mask(boxes)
+        factors = torch.cat(
+            [
+                torch.full((len(b),), f, dtype=boxes.dtype, device=boxes.device)
+                for b, f in zip(proposal_boxes, self._area_factors)
+            ]
+        )
+        return box_areas(boxes) * factors < self.pgan.small_area
 
     def _enhance(self, features, proposal_boxes):
         """Pooled features, the same with small proposals enhanced, and the small mask.
@@ -188,8 +266,7 @@ class PerceptualGANROIHeads(_GanaugHeadMixin, StandardROIHeads):
         """
         feats = [features[f] for f in self.box_in_features]
         pooled = self.box_pooler(feats, proposal_boxes)
-        boxes = cat([b.tensor for b in proposal_boxes], dim=0)
-        small = self.pgan.small_mask(boxes)
+        small = self._small_mask(proposal_boxes)
         fine = None
         if self.fine_pooler is not None and bool(small.any()):
             # Pool all boxes then select: ROIPooler wants per-image Boxes lists.
@@ -229,6 +306,49 @@ class PerceptualGANROIHeads(_GanaugHeadMixin, StandardROIHeads):
                 stats["pgan/residual_norm"] = res.mean()
         _put_scalars(**stats)
         return losses
+
+
+def track_original_sizes(model: nn.Module) -> bool:
+    """Let the model's Perceptual-GAN heads see each input's original ``height``/``width``.
+
+    detectron2 resizes images before the model and the ROI head only sees the resized
+    sizes; the model's inputs (``batched_inputs``) carry the original ones. This registers
+    a forward pre-hook on ``model`` (a ``GeneralizedRCNN``, DDP-wrapped or not) that hands
+    them to every :class:`PerceptualGANROIHeads` inside, and a forward hook that clears
+    them. Inputs without ``height``/``width`` count as not resized (detectron2's own rule
+    in ``GeneralizedRCNN.inference``). Idempotent.
+
+    Returns:
+        True if the model has a Perceptual-GAN head (and now tracks sizes).
+    """
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    heads = [m for m in inner.modules() if isinstance(m, PerceptualGANROIHeads)]
+    if not heads:
+        return False
+    if getattr(inner, "_ganaug_tracks_sizes", False):
+        return True
+
+    def before(module, args, kwargs):
+        batched = args[0] if args else kwargs.get("batched_inputs")
+        if batched is None:
+            return
+        sizes = []
+        for x in batched:
+            if "height" in x and "width" in x:
+                sizes.append((int(x["height"]), int(x["width"])))
+            else:
+                sizes.append(tuple(int(v) for v in x["image"].shape[-2:]))
+        for head in heads:
+            head._original_sizes = sizes
+
+    def after(module, args, kwargs, output):
+        for head in heads:
+            head._original_sizes = None
+
+    inner.register_forward_pre_hook(before, with_kwargs=True)
+    inner.register_forward_hook(after, with_kwargs=True, always_call=True)
+    inner._ganaug_tracks_sizes = True
+    return True
 
 
 @ROI_HEADS_REGISTRY.register()

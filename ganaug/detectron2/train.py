@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import class_counts
 from .hooks import AdversaryOptimizerHook, attach_to_inner_trainer, find_adversaries
+from .roi_heads import track_original_sizes
 
 __all__ = ["GanaugTrainer", "per_class_metrics", "write_per_class_metrics"]
 
@@ -114,6 +115,13 @@ class GanaugTrainer(DefaultTrainer):
             # whatever the order, but its scalars should be written in the same iteration.
             hooks.insert(1, AdversaryOptimizerHook.from_config(self.cfg, self.model))
         return hooks
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's model; Perceptual-GAN heads also get the inputs' original sizes."""
+        model = super().build_model(cfg)
+        track_original_sizes(model)
+        return model
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
