@@ -282,6 +282,9 @@ class LocalEnhancerGenerator(nn.Module):
         self.size_mode = size_mode
         self.n_local = n_local_enhancers
         self.factor = 2 ** (n_downsample + n_local_enhancers)
+        # G1 keeps its own output layer: the paper trains G1 alone first (at the coarse
+        # resolution, :meth:`forward_global`); the enhancers then consume its last features
+        # and the layer goes unused.
         self.global_g = GlobalGenerator(
             in_channels=in_channels,
             out_channels=out_channels,
@@ -291,8 +294,6 @@ class LocalEnhancerGenerator(nn.Module):
             norm=norm,
             size_mode="error",
         )
-        # The paper drops G1's output layer: the enhancers consume its last features.
-        self.global_g.head = nn.Identity()
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
         # Enhancer n (1 = innermost) works at 1/2**(n_local - n) of the input resolution.
@@ -318,6 +319,34 @@ class LocalEnhancerGenerator(nn.Module):
                 )
             )
         self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh())
+
+    def to_global_resolution(self, x: Tensor) -> Tensor:
+        """Pad to the size factor and average-pool ``n_local`` times: what G1 sees.
+
+        Works on the encoded input and on images alike, so that a coarse real image and the
+        coarse condition G1 draws it from line up pixel for pixel.
+
+        Shape:
+            - Input: (B, C, H, W)
+            - Output: (B, C, H' / 2**n_local, W' / 2**n_local), H', W' padded to the factor.
+        """
+        x, _, _ = _pad_to_multiple(x, self.factor, self.size_mode, type(self).__name__)
+        for _ in range(self.n_local):
+            x = _downsample(x)
+        return x
+
+    def forward_global(self, x_coarse: Tensor) -> Tensor:
+        """G1 alone with its own output layer (first training stage of the paper).
+
+        Shape:
+            - Input: (B, in_channels, h, w) from :meth:`to_global_resolution`.
+            - Output: (B, out_channels, h, w) in [-1, 1].
+        """
+        return self.global_g(x_coarse)
+
+    def global_parameters(self):
+        """Parameters of G1 (frozen in the paper's second stage)."""
+        return self.global_g.parameters()
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels, type(self).__name__)
@@ -711,6 +740,9 @@ class InstanceFeatureBank:
                 self._feats.setdefault(cls, []).append(feat[i][:, m].mean(1).detach().cpu())
 
     def fit(self, iters: int = 20) -> None:
+        """Run k-means (``num_clusters`` per class, fewer if fewer instances) on what was added."""
+        if not self._feats:
+            raise ValueError("InstanceFeatureBank.fit: no features were added (call add first).")
         gen = torch.Generator().manual_seed(self.seed)
         for cls, feats in self._feats.items():
             x = torch.stack(feats)
@@ -725,7 +757,15 @@ class InstanceFeatureBank:
 
     def sample(self, inst: Tensor, label: Tensor, *, feat_dim: int, generator=None) -> Tensor:
         """Feature map (B, feat_dim, H, W): a random cluster centre per instance."""
+        if inst.ndim == 4:
+            inst = inst[:, 0]
+        if inst.shape != label.shape:
+            raise ValueError(
+                f"InstanceFeatureBank.sample: instances {tuple(inst.shape)} and labels "
+                f"{tuple(label.shape)} must both be (B, H, W)."
+            )
         b, h, w = label.shape
+        inst, label = inst.cpu(), label.cpu()
         out = torch.zeros(b, feat_dim, h, w)
         for i in range(b):
             for iid in torch.unique(inst[i]).tolist():
@@ -734,14 +774,25 @@ class InstanceFeatureBank:
                 centers = self.centers.get(cls)
                 if centers is None:
                     continue  # class never seen in training: zero code
+                if centers.shape[1] != feat_dim:
+                    raise ValueError(
+                        f"InstanceFeatureBank holds {centers.shape[1]}-d features for class "
+                        f"{cls}; the generator expects feat_dim={feat_dim}."
+                    )
                 j = int(torch.randint(len(centers), (1,), generator=generator))
                 out[i][:, m] = centers[j][:, None]
         return out
 
     def state_dict(self) -> dict:
-        return {"centers": {int(k): v for k, v in self.centers.items()}}
+        return {
+            "num_clusters": self.num_clusters,
+            "seed": self.seed,
+            "centers": {int(k): v for k, v in self.centers.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        self.num_clusters = int(state.get("num_clusters", self.num_clusters))
+        self.seed = int(state.get("seed", self.seed))
         self.centers = {int(k): v for k, v in state["centers"].items()}
 
 
@@ -849,16 +900,36 @@ class Pix2PixHDGenerator(nn.Module):
         self.use_edges = use_edges
         self.feat_dim = feat_dim
         self.in_channels = num_labels + int(use_edges) + feat_dim
+        # Channels the discriminator is conditioned on: labels and edges, not the features
+        # (as in the paper's code release, D judges the image given the layout only).
+        self.cond_channels = num_labels + int(use_edges)
         self.net = build_generator(self.cfg, in_channels=self.in_channels, size_mode=size_mode)
+        # Per-class k-means of the encoder's instance features; set after training (see
+        # ``Pix2PixHDFeatureBankHook``). It travels in the state dict with the settings.
+        self.feature_bank: InstanceFeatureBank | None = None
+        self.bank_generator = torch.Generator().manual_seed(0)
 
     def encode(
         self, label: Tensor, inst: Tensor | None = None, feat: Tensor | None = None
     ) -> Tensor:
-        """Conditioning tensor (B, in_channels, H, W) for G and D."""
-        if self.feat_dim and feat is None:
-            feat = label.new_zeros((label.shape[0], self.feat_dim, *label.shape[-2:])).float()
+        """Conditioning tensor (B, in_channels, H, W) for G; its first ``cond_channels`` for D.
+
+        Without ``feat`` (and ``feat_dim > 0``) each instance gets a random cluster centre of
+        its class from :attr:`feature_bank` (drawn with :attr:`bank_generator`), or zeros
+        when no bank has been fitted.
+        """
         if self.use_edges and inst is None:
             inst = label  # without instance ids, class regions are the instances
+        if self.feat_dim and feat is None:
+            if self.feature_bank is not None and self.feature_bank.centers:
+                feat = self.feature_bank.sample(
+                    label if inst is None else inst,
+                    label,
+                    feat_dim=self.feat_dim,
+                    generator=self.bank_generator,
+                )
+            else:
+                feat = label.new_zeros((label.shape[0], self.feat_dim, *label.shape[-2:])).float()
         return encode_input(
             label, num_labels=self.num_labels, inst=inst, use_edges=self.use_edges, feat=feat
         )
@@ -869,14 +940,22 @@ class Pix2PixHDGenerator(nn.Module):
         return self.net(self.encode(label, inst, feat))
 
     def get_extra_state(self) -> dict:
-        return dict(self.settings)
+        state = dict(self.settings)
+        if self.feature_bank is not None:
+            state["feature_bank"] = self.feature_bank.state_dict()
+        return state
 
     def set_extra_state(self, state: dict) -> None:
+        state = dict(state)
+        bank = state.pop("feature_bank", None)
         if state != self.settings:
             raise ValueError(
                 f"Checkpoint generator settings {state} differ from this generator's "
                 f"{self.settings}; build it with Pix2PixHDGenerator.from_checkpoint."
             )
+        if bank is not None:
+            self.feature_bank = InstanceFeatureBank()
+            self.feature_bank.load_state_dict(bank)
 
     @classmethod
     def from_checkpoint(
@@ -906,7 +985,7 @@ class Pix2PixHDGenerator(nn.Module):
                 f"its settings); expected a checkpoint written by ganaug's Pix2PixHD model."
             )
         prefix = keys[0][: -len("_extra_state")]
-        gen = cls(**state[keys[0]])
+        gen = cls(**{k: v for k, v in state[keys[0]].items() if k != "feature_bank"})
         sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         gen.load_state_dict(sub)
         return gen.eval()
