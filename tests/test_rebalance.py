@@ -307,3 +307,80 @@ def test_mixed_dataset_ratio(tmp_path, camvid_dir):
     (empty / "labels").mkdir()
     with pytest.raises(ValueError, match="no images found|synthetic dataset is empty"):
         MixedRealSyntheticDataset(real=real, synthetic={**syn, "data_root": str(empty)})
+
+
+def test_synthetic_ratio_hook_in_a_runner(tmp_path, camvid_dir):
+    """A real Runner: the scheduled ratio sets the synthetic share of the batches drawn."""
+    pytest.importorskip("mmseg", reason="the ratio hook is an mmseg hook")
+    import torch
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    import ganaug.mmseg  # noqa: F401  (registers the dataset, the hook and CamVidDataset)
+
+    class PathRecorder(BaseModel):
+        """One parameter, trained for real; records the files of every training batch."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.seen = []
+
+        def forward(self, inputs, data_samples=None, mode="tensor"):
+            self.seen.append([s.img_path for s in data_samples])
+            x = torch.stack([i.float() for i in inputs]).mean() / 255
+            return {"loss": (self.w - x) ** 2}
+
+    names, labels = _items(5)
+    synth = write_synthetic_set(
+        tmp_path / "synth", names=names, labels=labels, generate=_fake_generate([]), seed=0,
+        checkpoint=None,
+    )  # fmt: skip
+    pipeline = [
+        dict(type="LoadImageFromFile"),
+        dict(type="Resize", scale=(16, 12), keep_ratio=False),
+        dict(type="PackSegInputs"),
+    ]
+
+    def part(root, img, seg, **kw):
+        return dict(
+            type="CamVidDataset",
+            data_root=str(root),
+            data_prefix=dict(img_path=img, seg_map_path=seg),
+            pipeline=pipeline,
+            **kw,
+        )
+
+    # 6 real frames + round(0.4 / 0.6 * 6) = 4 slots: one pass = 10 samples = 2 batches.
+    model = PathRecorder()
+    runner = Runner(
+        model=model,
+        work_dir=str(tmp_path / "work"),
+        default_scope="mmseg",
+        train_dataloader=dict(
+            batch_size=5,
+            num_workers=0,
+            sampler=dict(type="InfiniteSampler", shuffle=True, seed=0),
+            dataset=dict(
+                type="MixedRealSyntheticDataset",
+                real=part(camvid_dir, "train", "trainannot", indices=6),
+                synthetic=part(synth, "images", "labels"),
+                ratio=0.0,
+                max_ratio=0.4,
+            ),
+        ),
+        optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.1)),
+        train_cfg=dict(type="IterBasedTrainLoop", max_iters=8),
+        default_hooks=dict(checkpoint=None),
+        custom_hooks=[dict(type="SyntheticRatioHook", schedule=[(0, 0.0), (4, 0.4)])],
+    )
+    runner.train()
+    assert len(model.seen) == 8
+    per_iter = [sum(str(synth) in p for p in paths) for paths in model.seen]
+    assert per_iter[:4] == [0, 0, 0, 0], per_iter
+    # From iteration 4 on, each pass (2 iterations) holds exactly round(0.4 * 10) = 4
+    # synthetic samples; a ratio applied one batch late would miss those of iteration 4.
+    assert per_iter[4] + per_iter[5] == 4, per_iter
+    assert per_iter[6] + per_iter[7] == 4, per_iter
+    assert runner.train_dataloader.dataset.ratio == 0.4
+    assert model.w.item() != 0.0  # the optimizer really stepped

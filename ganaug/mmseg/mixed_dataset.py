@@ -155,14 +155,25 @@ class SyntheticRatioHook(Hook):
             )
         return ds
 
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+    def _apply(self, runner, iteration: int) -> None:
         ds = self._dataset(runner)
         ratio = None
         for start, r in self.schedule:
-            if runner.iter >= start:
+            if iteration >= start:
                 ratio = r
         if ratio is not None and ratio != ds.ratio:
             ds.set_ratio(ratio)
-            print_log(f"synthetic ratio -> {ratio} at iter {runner.iter}", logger="current")
-        if self.rotate_every and runner.iter > 0 and runner.iter % self.rotate_every == 0:
+            print_log(f"synthetic ratio -> {ratio} from iter {iteration}", logger="current")
+        if self.rotate_every and iteration > 0 and iteration % self.rotate_every == 0:
             ds.next_round()
+
+    def before_train(self, runner) -> None:
+        # Also right after a resume: runner.iter is then the first iteration to run.
+        self._apply(runner, runner.iter)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        # mmengine's loop fetches a batch *before* calling before_train_iter, so a ratio set
+        # there would reach the data one iteration late; set the next iteration's ratio now.
+        # DataLoader workers prefetch (num_workers * prefetch_factor batches), which delays
+        # the change by that many iterations; with num_workers=0 it is exact.
+        self._apply(runner, runner.iter + 1)
