@@ -337,6 +337,147 @@ def test_mmengine_training_checkpoint_and_resume(tmp_path, camvid_dir, one_threa
     assert img.shape == (1, 3, 24, 32)
 
 
+def _small_runner_cfg(tmp_path, camvid_dir, *, iters, resume, size_hw=(32, 48), **model):
+    """The CamVid Pix2PixHD config shrunk to 4 pairs at ``size_hw`` and tiny networks."""
+    from pathlib import Path
+
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(
+        str(
+            Path(__file__).parents[1]
+            / "configs/pix2pixhd/pix2pixhd-slim_1xb4-1000it_camvid-120x160.py"
+        )
+    )
+    cfg.work_dir = str(tmp_path / "work")
+    cfg.train_cfg.max_iters = iters
+    cfg.train_dataloader.batch_size = 2
+    cfg.train_dataloader.num_workers = 0
+    cfg.train_dataloader.persistent_workers = False
+    cfg.train_dataloader.dataset.data_root = str(camvid_dir)
+    cfg.train_dataloader.dataset.indices = 4
+    for step in cfg.train_dataloader.dataset.pipeline:
+        if step["type"] == "Resize":
+            step["scale"] = (size_hw[1], size_hw[0])
+        if step["type"] == "RandomFlip":
+            step["prob"] = 0.0
+    cfg.model.data_preprocessor.size = size_hw
+    cfg.model.overrides = dict(ngf=8, n_blocks=1, ndf=8)
+    cfg.model.update(model)
+    cfg.default_hooks.checkpoint.interval = 1
+    cfg.default_hooks.checkpoint.max_keep_ckpts = 10
+    cfg.default_hooks.logger.interval = 1
+    cfg.custom_hooks = []
+    cfg.resume = resume
+    return cfg
+
+
+def _ckpt_state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def _changed(a, b, prefix):
+    """Whether any parameter under ``prefix`` differs between two state dicts."""
+    keys = [k for k in a if k.startswith(prefix) and torch.is_tensor(a[k])]
+    assert keys, prefix
+    return any(not torch.equal(a[k], b[k]) for k in keys)
+
+
+def test_instance_encoder_trains_with_g_and_bank_reaches_synthesis(
+    tmp_path, camvid_dir, one_thread, monkeypatch
+):
+    """Real Runner with the encoder on: E is stepped with G, the checkpoint carries the bank."""
+    pytest.importorskip("mmseg", reason="the Pix2PixHD model registers into mmseg")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    from mmengine.runner import Runner
+
+    cfg = _small_runner_cfg(
+        tmp_path,
+        camvid_dir,
+        iters=2,
+        resume=False,
+        use_encoder=True,
+        feat_dim=3,
+        encoder_cfg=dict(ngf=4, n_downsample=2),
+    )
+    cfg.optim_wrapper.encoder = cfg.optim_wrapper.generator
+    cfg.custom_hooks = [
+        dict(type="Pix2PixHDFeatureBankHook", interval=2, num_samples=4, num_clusters=2),
+        dict(type="Pix2PixHDSampleHook", interval=2, num_samples=2),
+    ]
+    runner = Runner.from_cfg(cfg)
+    model = runner.model
+    # D judges the image given labels only: the features are G's input, not D's.
+    assert model.discriminator.nets[0].in_channels == NUM_LABELS + 3
+    assert model.generator.in_channels == NUM_LABELS + 3
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    runner.train()
+
+    ckpt = torch.load(tmp_path / "work" / "iter_2.pth", map_location="cpu", weights_only=False)
+    enc_steps = {int(s["step"]) for s in ckpt["optimizer"]["encoder"]["state"].values()}
+    assert enc_steps == {2}
+    assert any(not torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
+
+    gen = Pix2PixHDGenerator.from_checkpoint(tmp_path / "work" / "iter_2.pth")
+    bank = gen.feature_bank
+    assert bank is not None and bank.centers
+    for centers in bank.centers.values():
+        assert centers.ndim == 2 and centers.shape[1] == 3 and 1 <= len(centers) <= 2
+    # At synthesis each class region gets one of its class's cluster centres.
+    _, labels = _camvid_pairs(camvid_dir, 1, size=(32, 48))
+    feat = gen.encode(labels)[:, NUM_LABELS:]
+    for cls in torch.unique(labels).tolist():
+        region = feat[0][:, labels[0] == cls]
+        assert torch.allclose(region, region[:, :1].expand_as(region)), cls
+        if cls in bank.centers:
+            dist = (bank.centers[cls] - region[:, 0]).abs().sum(1).min()
+            assert dist < 1e-6, cls
+    with torch.no_grad():
+        assert gen(labels).shape == (1, 3, 32, 48)
+    # Without an encoder optimizer the model says what is missing.
+    cfg2 = _small_runner_cfg(tmp_path / "b", camvid_dir, iters=1, resume=False, use_encoder=True)
+    with pytest.raises(KeyError, match="optim_wrapper.encoder"):
+        Runner.from_cfg(cfg2).train()
+
+
+def test_two_stage_local_enhancer_schedule_survives_resume(
+    tmp_path, camvid_dir, one_thread, monkeypatch
+):
+    """G1 alone, then the enhancer with G1 frozen, then jointly; stage follows a resume."""
+    pytest.importorskip("mmseg", reason="the Pix2PixHD model registers into mmseg")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    from mmengine.runner import Runner
+
+    model = dict(
+        overrides=dict(ngf=8, n_blocks=1, ndf=8, n_local_enhancers=1, n_blocks_local=1),
+        global_only_iters=2,
+        local_only_iters=1,
+    )
+    Runner.from_cfg(_small_runner_cfg(tmp_path, camvid_dir, iters=2, resume=False, **model)).train()
+    runner = Runner.from_cfg(_small_runner_cfg(tmp_path, camvid_dir, iters=4, resume=True, **model))
+    runner.train()
+    assert runner.iter == 4
+    s1, s2, s3, s4 = (_ckpt_state(tmp_path / "work" / f"iter_{i}.pth") for i in (1, 2, 3, 4))
+    g1, g1_head = "generator.net.global_g.body.", "generator.net.global_g.head."
+    enhancer = ("generator.net.down.", "generator.net.up.", "generator.net.head.")
+    # Stage 1 (iterations 0-1): only G1, with its own output layer.
+    assert _changed(s1, s2, g1) and _changed(s1, s2, g1_head)
+    assert not any(_changed(s1, s2, p) for p in enhancer)
+    # Stage 2 (iteration 2, the first after the resume): enhancer only, G1 frozen.
+    assert all(_changed(s2, s3, p) for p in enhancer)
+    assert not _changed(s2, s3, g1) and not _changed(s2, s3, g1_head)
+    # Stage 3 (iteration 3): everything but G1's now unused output layer.
+    assert _changed(s3, s4, g1) and all(_changed(s3, s4, p) for p in enhancer)
+    assert not _changed(s3, s4, g1_head)
+    assert _changed(s3, s4, "discriminator.")
+    with pytest.raises(ValueError, match="n_local_enhancers=0"):
+        Runner.from_cfg(
+            _small_runner_cfg(
+                tmp_path / "c", camvid_dir, iters=1, resume=False, global_only_iters=1
+            )
+        )
+
+
 def cv2_read(path):
     import cv2
 

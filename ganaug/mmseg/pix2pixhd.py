@@ -231,7 +231,8 @@ class Pix2PixHD(BaseModel):
                 fake = net.forward_global(cond)
             else:
                 fake = net(cond)
-            cond = cond[:, : self.generator.cond_channels]
+            # D's condition: labels (+ edges) only, no path back into the encoder.
+            cond = cond[:, : self.generator.cond_channels].detach()
 
         self.discriminator.requires_grad_(True)
         with d_wrap.optim_context(self.discriminator):
