@@ -120,7 +120,7 @@ def table(args) -> str:
     rows, record = [], {}
     for variant in args.variants:
         rec = {"seeds": [], "train_seconds": []}
-        for name, ds in EVAL_SETS.items():
+        for name in EVAL_SETS:
             rec[name] = {m: [] for m in METRICS + ["categories_ap_gt0"]}
         for seed in args.seeds:
             run_dir = _run_dir(args.out, variant, seed)
