@@ -5,6 +5,7 @@ Measures, in one run:
   a baseline of just copying and counting the same number of maps;
 - images generated per second by the slim generator at 120x160 (inference, fp32 and
   bfloat16 autocast);
+- the same with instance features drawn from a per-class k-means bank (encoder models);
 - the slim preset's train-step time (one D and one G update with LSGAN + feature matching),
   per image, at 120x160;
 each for the given thread counts. Results go to stdout and, with --out, to a JSON file.
@@ -25,6 +26,7 @@ import torch
 
 from ganaug.core.pix2pixhd import (
     FeatureMatchingLoss,
+    InstanceFeatureBank,
     Pix2PixHDGenerator,
     build_discriminator,
     count_parameters,
@@ -84,6 +86,30 @@ def bench_generate(gen, batch: int, reps: int) -> dict:
             ref = img
         else:
             out["bf16_max_abs_diff_to_fp32"] = round(float((img - ref).abs().max()), 4)
+    return out
+
+
+def bench_generate_bank(gen, batch: int, reps: int) -> dict:
+    """Generation with instance features drawn from a fitted k-means bank vs without."""
+    feat_gen = Pix2PixHDGenerator(num_labels=12, preset="slim", feat_dim=3).eval()
+    bank = InstanceFeatureBank(num_clusters=10, seed=0)
+    label = torch.randint(0, 12, (batch, H, W))
+    # Blocky maps (8x8 cells) so that every class region is a realistic instance.
+    label = label[:, ::8, ::8].repeat_interleave(8, 1).repeat_interleave(8, 2)
+    for _ in range(4):
+        bank.add(torch.randn(batch, 3, H, W), label, label)
+    bank.fit()
+    feat_gen.feature_bank = bank
+    out = {"batch": batch}
+    for name, g in (("plain", gen), ("feature_bank", feat_gen)):
+        with torch.inference_mode():
+            g(label)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                g(label)
+            dt = time.perf_counter() - t0
+        out[f"images_per_s_{name}"] = round(batch * reps / dt, 2)
+    out["bank_vs_plain"] = round(out["images_per_s_feature_bank"] / out["images_per_s_plain"], 3)
     return out
 
 
@@ -151,6 +177,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(t)
         gen.eval()
         r = {"generate": bench_generate(gen, args.gen_batch, args.gen_reps)}
+        r["generate_feature_bank"] = bench_generate_bank(gen, args.gen_batch, args.gen_reps)
         gen.train()
         r["train_step"] = bench_train_step(gen, args.train_batch, args.train_reps)
         result["per_threads"][str(t)] = r
