@@ -371,6 +371,50 @@ def test_checkpoint_round_trip(tmp_path, coco128_dir):
     assert sgd_want.keys() == sgd_got.keys()
 
 
+def test_trainer_pastes_when_enabled(tmp_path, coco128_dir, monkeypatch):
+    """GANAUG.PASTE.ENABLED: GanaugTrainer's loader maps with PasteDatasetMapper, whose
+    bank holds only training-split objects; two real train steps."""
+    from ganaug.detectron2.paste_mapper import PasteDatasetMapper
+
+    seen = []
+    call = PasteDatasetMapper.__call__
+
+    def spy(self, dataset_dict):
+        out = call(self, dataset_dict)
+        n_in = sum(not a.get("iscrowd", 0) for a in dataset_dict.get("annotations", []))
+        seen.append((self, n_in, len(out["instances"])))
+        return out
+
+    monkeypatch.setattr(PasteDatasetMapper, "__call__", spy)
+    cfg = _trainer_cfg(
+        tmp_path, "paste", 2,
+        "DATASETS.TRAIN", ("coco128_train",),
+        "GANAUG.PASTE.PROB", 1.0,
+        "GANAUG.PASTE.MAX_PER_CLASS", 5,
+        "GANAUG.PASTE.SEED", 0,
+    )  # fmt: skip
+    trainer = gd.GanaugTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert trainer.iter == 2 and seen
+    mapper = seen[0][0]
+    assert mapper.copy_paste is not None
+    assert any(n_out > n_in for _, n_in, n_out in seen), seen
+    # Objects are cut from training images only: none from the held-out split.
+    val_files = {Path(r["file_name"]).name for r in DatasetCatalog.get("coco128_val")}
+    sources = {
+        Path(inst.source).name for c in mapper.copy_paste.bank.classes
+        for inst in mapper.copy_paste.bank[c]
+    }  # fmt: skip
+    assert sources and not sources & val_files
+    # Without the key the loader is detectron2's own.
+    cfg.defrost()
+    cfg.GANAUG.PASTE.ENABLED = False
+    seen.clear()
+    next(iter(gd.GanaugTrainer.build_train_loader(cfg)))
+    assert not seen
+
+
 def test_per_class_metrics_record(tmp_path):
     bbox = {"AP": 1.5, "AP50": 3.0, "AP75": 0.5, "APs": 0.1, "APm": 2.0, "APl": float("nan"),
             "AP-person": 4.0, "AP-zebra": float("nan")}  # fmt: skip

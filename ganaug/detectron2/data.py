@@ -25,7 +25,7 @@ from detectron2.structures import BoxMode
 
 from ganaug.data_root import dataset_dir
 
-__all__ = ["COCO128_SPLITS", "class_counts", "load_coco128", "register_coco128"]
+__all__ = ["COCO128_SPLITS", "class_counts", "coco128_files", "load_coco128", "register_coco128"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,16 @@ def _sanitize(records: list[dict], dataset_name: str) -> list[dict]:
     if dropped:
         logger.warning("%s: dropped %d boxes of zero area", dataset_name, dropped)
     return records
+
+
+def coco128_files(root: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """``(json_file, image_root)`` of coco128 under the data root (all splits share them).
+
+    Not stored as ``json_file`` metadata of the splits: ``COCOEvaluator`` would take that
+    file, with all 128 images, as the ground truth of a 32-image split.
+    """
+    base = dataset_dir("coco128", root)
+    return base / _JSON, base / _IMAGES
 
 
 def load_coco128(

@@ -25,11 +25,11 @@ from detectron2.data import transforms as T
 
 from ganaug.core.paste import CopyPaste
 from ganaug.core.paste.data import annotations_to_target, target_to_annotations
-from ganaug.core.paste.factory import copy_paste_for_coco, read_per_class_metrics
+from ganaug.core.paste.factory import read_per_class_metrics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PasteDatasetMapper", "add_paste_config", "detectron2_target_fn"]
+__all__ = ["PasteDatasetMapper", "add_paste_config", "build_copy_paste", "detectron2_target_fn"]
 
 
 class PasteDatasetMapper(DatasetMapper):
@@ -56,9 +56,8 @@ class PasteDatasetMapper(DatasetMapper):
     def from_config(cls, cfg, is_train: bool = True) -> dict:
         """Read ``cfg.GANAUG.PASTE.*`` (the keys ``add_ganaug_config`` adds):
 
-        ENABLED, ANN_FILE, IMAGE_DIR (default: the first training set's metadata
-        ``json_file`` / ``image_root``), SELECTION, SMOOTHING, POWER, METRICS_FILE, COUNT,
-        SCALE, FLIP_PROB, MAX_ROTATION, BLEND, SIGMA, OCCLUSION_THRESH, PROB,
+        ENABLED, ANN_FILE, IMAGE_DIR (see :func:`build_copy_paste`), SELECTION, SMOOTHING,
+        POWER, METRICS_FILE, COUNT, SCALE, FLIP_PROB, MAX_ROTATION, BLEND, SIGMA, OCCLUSION_THRESH, PROB,
         RARE_SMALL_PROB, SMALL_SIZE, MIN_AREA, MAX_PER_CLASS, SEED.
         """
         ret = super().from_config(cfg, is_train)
@@ -67,41 +66,7 @@ class PasteDatasetMapper(DatasetMapper):
         if not (is_train and p.ENABLED):
             ret["copy_paste"] = None
             return ret
-        meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-        ann_file = p.ANN_FILE or getattr(meta, "json_file", None)
-        image_dir = p.IMAGE_DIR or getattr(meta, "image_root", None)
-        if not ann_file or not image_dir:
-            raise ValueError(
-                f"GANAUG.PASTE: set ANN_FILE and IMAGE_DIR (dataset {cfg.DATASETS.TRAIN[0]!r} "
-                f"has no json_file/image_root metadata)."
-            )
-        cat_to_label = getattr(meta, "thing_dataset_id_to_contiguous_id", None)
-        metrics = None
-        if p.METRICS_FILE:
-            metrics = read_per_class_metrics(p.METRICS_FILE, meta.thing_classes)
-        paste = copy_paste_for_coco(
-            ann_file,
-            image_dir,
-            selection=p.SELECTION,
-            cat_to_label=cat_to_label,
-            min_area=p.MIN_AREA,
-            max_per_class=p.MAX_PER_CLASS if p.MAX_PER_CLASS > 0 else None,
-            sampler_kwargs=dict(
-                smoothing=p.SMOOTHING,
-                power=p.POWER,
-                metrics=metrics,
-                rare_small_prob=p.RARE_SMALL_PROB,
-                small_size=tuple(p.SMALL_SIZE),
-            ),
-            count=tuple(p.COUNT),
-            scale=tuple(p.SCALE),
-            flip_prob=p.FLIP_PROB,
-            max_rotation=p.MAX_ROTATION,
-            blend_mode=p.BLEND,
-            sigma=p.SIGMA,
-            occlusion_thresh=p.OCCLUSION_THRESH,
-            prob=p.PROB,
-        )
+        paste = build_copy_paste(cfg)
         if cfg.INPUT.FORMAT == "BGR":
             for label in paste.bank.classes:
                 for inst in paste.bank[label]:
@@ -153,6 +118,82 @@ class PasteDatasetMapper(DatasetMapper):
         if "annotations" in dataset_dict:
             self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
+
+
+def build_copy_paste(cfg) -> CopyPaste:
+    """The :class:`CopyPaste` that ``cfg.GANAUG.PASTE`` describes, banked from the training set.
+
+    The bank holds objects of the first training set's images only (so that a held-out
+    split's objects never reach training), cut from ``GANAUG.PASTE.ANN_FILE``/``IMAGE_DIR``,
+    else the dataset's ``json_file``/``image_root`` metadata, else (ganaug's coco128
+    splits) coco128's files. Labels are detectron2's contiguous class ids.
+    """
+    from detectron2.data import DatasetCatalog
+
+    from ganaug.core.paste import InstanceBank
+    from ganaug.core.paste.factory import make_sampler
+
+    from .data import COCO128_SPLITS, coco128_files
+
+    p = cfg.GANAUG.PASTE
+    name = cfg.DATASETS.TRAIN[0]
+    # Loading fills thing_dataset_id_to_contiguous_id (load_coco_json sets it lazily).
+    dicts = DatasetCatalog.get(name)
+    meta = MetadataCatalog.get(name)
+    ann_file = p.ANN_FILE or meta.get("json_file", None)
+    image_dir = p.IMAGE_DIR or meta.get("image_root", None)
+    if not (ann_file and image_dir) and name in COCO128_SPLITS:
+        ann_file, image_dir = (str(x) for x in coco128_files())
+    if not ann_file or not image_dir:
+        raise ValueError(
+            f"GANAUG.PASTE: set ANN_FILE and IMAGE_DIR (dataset {name!r} has no "
+            "json_file/image_root metadata)."
+        )
+    # With an explicit ANN_FILE every image in it is a source; else the training images.
+    image_ids = None if p.ANN_FILE else sorted({int(d["image_id"]) for d in dicts})
+    cat_to_label = meta.get("thing_dataset_id_to_contiguous_id", None)
+    metrics = read_per_class_metrics(p.METRICS_FILE, meta.thing_classes) if p.METRICS_FILE else None
+    bank = InstanceBank.from_coco(
+        ann_file,
+        image_dir,
+        image_ids=image_ids,
+        min_area=p.MIN_AREA,
+        max_per_class=p.MAX_PER_CLASS if p.MAX_PER_CLASS > 0 else None,
+        cat_to_label=cat_to_label,
+    )
+    if not bank.classes:
+        raise ValueError(
+            f"GANAUG.PASTE: no object of {name!r} ({ann_file}) has at least "
+            f"MIN_AREA={p.MIN_AREA} mask pixels; nothing to paste"
+        )
+    sampler = make_sampler(
+        p.SELECTION,
+        counts=bank.class_counts(),
+        smoothing=p.SMOOTHING,
+        power=p.POWER,
+        metrics=metrics,
+        rare_small_prob=p.RARE_SMALL_PROB,
+        small_size=tuple(p.SMALL_SIZE),
+    )
+    logger.info(
+        "ganaug copy-paste: %d classes banked from %d images of %s (%s selection)",
+        len(bank.classes),
+        len(image_ids) if image_ids is not None else -1,
+        name,
+        p.SELECTION,
+    )
+    return CopyPaste(
+        bank=bank,
+        sampler=sampler,
+        count=tuple(p.COUNT),
+        scale=tuple(p.SCALE),
+        flip_prob=p.FLIP_PROB,
+        max_rotation=p.MAX_ROTATION,
+        blend_mode=p.BLEND,
+        sigma=p.SIGMA,
+        occlusion_thresh=p.OCCLUSION_THRESH,
+        prob=p.PROB,
+    )
 
 
 def add_paste_config(cfg) -> None:

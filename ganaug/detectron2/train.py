@@ -2,6 +2,8 @@
 
 * :meth:`GanaugTrainer.build_hooks` adds :class:`AdversaryOptimizerHook` when the model has
   a ganaug head, so its optimizer is saved with the trainer's checkpoint.
+* :meth:`GanaugTrainer.build_train_loader` uses
+  :class:`~ganaug.detectron2.paste_mapper.PasteDatasetMapper` when ``GANAUG.PASTE.ENABLED``.
 * :meth:`GanaugTrainer.build_evaluator` is detectron2's ``COCOEvaluator`` (AP, AP50, AP75,
   APs/m/l and per-category AP, box task).
 * :meth:`GanaugTrainer.test` also writes ``per_class_metrics.json`` (see
@@ -17,6 +19,7 @@ import os
 import weakref
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator
@@ -122,6 +125,17 @@ class GanaugTrainer(DefaultTrainer):
         model = super().build_model(cfg)
         track_original_sizes(model)
         return model
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's train loader; with ``GANAUG.PASTE.ENABLED`` its mapper pastes."""
+        paste = cfg.get("GANAUG", {}).get("PASTE", None)
+        if paste is not None and paste.ENABLED:
+            from .paste_mapper import PasteDatasetMapper
+
+            logger.info("ganaug: copy-paste in the training loader (GANAUG.PASTE.ENABLED)")
+            return build_detection_train_loader(cfg, mapper=PasteDatasetMapper(cfg, True))
+        return super().build_train_loader(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
