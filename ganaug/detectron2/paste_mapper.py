@@ -57,8 +57,8 @@ class PasteDatasetMapper(DatasetMapper):
         """Read ``cfg.GANAUG.PASTE.*`` (the keys ``add_ganaug_config`` adds):
 
         ENABLED, ANN_FILE, IMAGE_DIR (see :func:`build_copy_paste`), SELECTION, SMOOTHING,
-        POWER, METRICS_FILE, COUNT, SCALE, FLIP_PROB, MAX_ROTATION, BLEND, SIGMA, OCCLUSION_THRESH, PROB,
-        RARE_SMALL_PROB, SMALL_SIZE, MIN_AREA, MAX_PER_CLASS, SEED.
+        POWER, METRICS_FILE, COUNT, SCALE, FLIP_PROB, MAX_ROTATION, BLEND, SIGMA,
+        OCCLUSION_THRESH, PROB, RARE_SMALL_PROB, SMALL_SIZE, MIN_AREA, MAX_PER_CLASS, SEED.
         """
         ret = super().from_config(cfg, is_train)
         p = cfg.GANAUG.PASTE
