@@ -19,6 +19,7 @@ import logging
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -149,6 +150,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
+    # OpenCV has its own thread pool: one data-loader worker is one thread, on both sides.
+    cv2.setNumThreads(args.threads)
     result = {"threads": args.threads}
     if "pipeline" not in args.skip:
         result["pipeline"] = bench_pipeline(args)
