@@ -87,6 +87,43 @@ def test_paste_dataset_torchvision_format(coco_small, coco128_dir):
     assert len(images) == 2 and all(t["boxes"].shape[1] == 4 for t in targets)
 
 
+def test_det_train_paste_section(tmp_path):
+    """`ganaug det-train` with the imbalance-aware paste config, a few real images."""
+    from pathlib import Path
+
+    from ganaug.torchvision.engine import build_datasets, load_config, train
+    from ganaug.torchvision.paste import PasteDataset, paste_dataset_from_config
+
+    configs = Path(__file__).resolve().parent.parent / "configs" / "torchvision"
+    tiny = ["model.fpn_channels=16", "model.min_size=64", "model.max_size=96",
+            "model.representation_size=32", "model.rpn_batch_size_per_image=16",
+            "model.box_batch_size_per_image=16", "model.rpn_post_nms_top_n_train=32",
+            "model.rpn_post_nms_top_n_test=16", "data.train_images=0:6",
+            "data.val_images=6:8", "train.iters=2", "train.warmup_iters=0",
+            "train.eval_batch_size=2", f"out_dir={tmp_path / 'run'}"]  # fmt: skip
+    cfg = load_config(configs / "paste_imbalance_tiny_coco128.yaml", tiny)
+    assert cfg["paste"]["selection"] == "inverse" and cfg["paste"]["count"] == [1, 3]
+    train_ds, _ = build_datasets(cfg)
+    wrapped = paste_dataset_from_config(train_ds, cfg["paste"], seed=0)
+    assert isinstance(wrapped, PasteDataset)
+    # Instances come from the six training images only.
+    names = {train_ds.image_info(i)["file_name"] for i in range(len(train_ds))}
+    sources = {i.source.split("#")[0] for c in wrapped.copy_paste.bank.classes
+               for i in wrapped.copy_paste.bank[c]}  # fmt: skip
+    assert sources and sources <= names
+    _, tgt = wrapped[0]
+    assert tgt["pasted"].any() and len(tgt["boxes"]) == len(tgt["labels"])
+    result = train(cfg)
+    assert result["iterations"] == 2 and result["eval"]["num_images"] == 2
+    assert (tmp_path / "run" / "per_class_metrics.json").is_file()
+    off = load_config(configs / "baseline_tiny_coco128.yaml", ["paste.enabled=false"])
+    assert paste_dataset_from_config(train_ds, off["paste"]) is train_ds
+    with pytest.raises(KeyError, match="selectoin"):
+        paste_dataset_from_config(train_ds, {"enabled": True, "selectoin": "uniform"})
+    with pytest.raises(ValueError, match="paste-learn"):
+        paste_dataset_from_config(train_ds, {"enabled": True, "learned": True})
+
+
 def test_learned_online_step_with_faster_rcnn(coco_small):
     """One online step against torchvision's Faster R-CNN (MobileNetV3 FPN, scratch)."""
     from ganaug.core.paste.learned import (

@@ -74,6 +74,8 @@ DEFAULTS: dict = {
         "eval_train": False,  # also evaluate on the training images (how well it fits)
         "eval_batch_size": 4,
     },
+    # Copy-paste on the training batches (keys: ganaug.torchvision.paste.PASTE_DEFAULTS).
+    "paste": {},
     "out_dir": "work_dirs/det/run",
 }
 
@@ -241,6 +243,8 @@ def _batches(dataset, batch_size: int, generator: torch.Generator, start_iter: i
     n_per_epoch = max(len(dataset) // batch_size, 1)
     epoch, skip = divmod(start_iter, n_per_epoch)
     while True:
+        if hasattr(dataset, "set_epoch"):  # e.g. PasteDataset: fresh pastes each epoch
+            dataset.set_epoch(epoch)
         order = torch.randperm(
             len(dataset),
             generator=torch.Generator().manual_seed(int(generator.initial_seed()) + epoch),
@@ -307,6 +311,11 @@ def train(cfg: dict, *, resume: bool = False) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = _seed_all(int(tcfg["seed"]))
     train_ds, val_ds = build_datasets(cfg)
+    train_input = train_ds  # what the batches come from; evaluation sees train_ds
+    if cfg.get("paste"):
+        from .paste import paste_dataset_from_config
+
+        train_input = paste_dataset_from_config(train_ds, cfg["paste"], seed=int(tcfg["seed"]))
     model = build_faster_rcnn(num_classes=train_ds.num_classes, **cfg["model"])
     opt, adv_opt, sched = _make_optimizers(model, tcfg)
     ckpt_path = out_dir / "checkpoint_last.pth"
@@ -326,7 +335,7 @@ def train(cfg: dict, *, resume: bool = False) -> dict:
         out_dir,
     )
 
-    batches = _batches(train_ds, int(tcfg["batch_size"]), gen, start)
+    batches = _batches(train_input, int(tcfg["batch_size"]), gen, start)
     t0 = time.perf_counter()
     last: dict = {}
     log_path = out_dir / "metrics.jsonl"

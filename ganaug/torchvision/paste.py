@@ -27,7 +27,9 @@ from ganaug.core.paste import CopyPaste
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PASTE_DEFAULTS",
     "PasteDataset",
+    "paste_dataset_from_config",
     "build_target_detector",
     "detector_loss_fn",
     "load_detector_checkpoint",
@@ -126,6 +128,97 @@ class PasteDataset(Dataset):
         if arr.ndim == 3 and out_img.ndim == 2:
             out_img = out_img[:, :, None]
         return to_tensor_sample(out_img, out_tgt, kind)
+
+
+# -- `paste:` section of `ganaug det-train` configs -----------------------------------------
+PASTE_DEFAULTS: dict = {
+    "enabled": False,
+    "selection": "inverse",  # uniform (random copy-paste) | inverse | target | metric
+    "smoothing": 1.0,  # inverse: p_c ∝ (n_c + smoothing) ** -power
+    "power": 0.5,
+    "target": None,  # target: {class name: share}
+    "metrics_file": None,  # metric: a per_class_metrics.json (e.g. last run's AP)
+    "count": [1, 3],  # pastes per image, inclusive
+    "scale": [0.5, 1.5],  # resize factor, log-uniform
+    "flip_prob": 0.5,
+    "max_rotation": 10.0,  # degrees
+    "blend": "gaussian",  # alpha | gaussian | poisson
+    "prob": 1.0,  # share of images that get pastes
+    "occlusion_thresh": 0.7,  # drop objects covered beyond this share
+    "rare_small_prob": 0.0,  # paste rare classes small (scale imbalance)
+    "small_size": [8, 32],  # longer side in pixels for those small pastes
+    "min_area": 64,  # smallest instance (mask pixels) to bank
+    "max_per_class": 100,  # bank size cap per class
+    "learned": False,  # not in det-train: see `ganaug paste-learn`
+}
+
+
+def paste_dataset_from_config(train_ds, cfg: dict, *, seed: int = 0):
+    """Wrap a :class:`~ganaug.datasets.coco.CocoDetectionDataset` per a ``paste:`` section.
+
+    Returns ``train_ds`` itself unless ``enabled`` is true, else a :class:`PasteDataset`.
+
+    Instances are cut from the training images only (the set's ``ids``), with their COCO
+    masks; selection frequencies are the training set's object counts per class.
+
+    Raises:
+        KeyError: unknown keys in the section.
+        ValueError: ``learned: true`` (online learned compositing is not wired into
+            det-train) or bad values.
+    """
+    unknown = set(cfg) - set(PASTE_DEFAULTS)
+    if unknown:
+        raise KeyError(
+            f"config: unknown keys {sorted(unknown)} in 'paste'; known: {sorted(PASTE_DEFAULTS)}"
+        )
+    c = {**PASTE_DEFAULTS, **cfg}
+    if not c["enabled"]:
+        return train_ds
+    if c["learned"]:
+        raise ValueError(
+            "paste.learned: online learned compositing is not wired into det-train; train "
+            "the synthesizer with `ganaug paste-learn` and train on its exported set."
+        )
+    from ganaug.core.paste import InstanceBank
+    from ganaug.core.paste.factory import make_sampler, read_per_class_metrics
+
+    names = list(train_ds.class_names)
+    bank = InstanceBank.from_coco(
+        train_ds.ann_file, train_ds.image_dir, image_ids=list(train_ds.ids),
+        cat_to_label=dict(train_ds.cat_to_label), min_area=int(c["min_area"]),
+        max_per_class=c["max_per_class"],
+    )  # fmt: skip
+    if len(bank) == 0:
+        raise ValueError(
+            f"paste: no instance with >= {c['min_area']} mask pixels in the "
+            f"{len(train_ds.ids)} training images of {train_ds.ann_file}."
+        )
+    target = None
+    if c["target"]:
+        bad = sorted(set(c["target"]) - set(names))
+        if bad:
+            raise ValueError(f"paste.target: unknown class names {bad}.")
+        target = {names.index(n) + 1: float(v) for n, v in c["target"].items()}
+    metrics = None
+    if c["metrics_file"]:
+        metrics = read_per_class_metrics(c["metrics_file"], names, label_offset=1)
+    sampler = make_sampler(
+        c["selection"], counts=bank.class_counts(), classes=bank.classes,
+        smoothing=float(c["smoothing"]), power=float(c["power"]), target=target,
+        metrics=metrics, rare_small_prob=float(c["rare_small_prob"]),
+        small_size=tuple(c["small_size"]),
+    )  # fmt: skip
+    copy_paste = CopyPaste(
+        bank=bank, sampler=sampler, count=tuple(c["count"]), scale=tuple(c["scale"]),
+        flip_prob=float(c["flip_prob"]), max_rotation=float(c["max_rotation"]),
+        blend_mode=c["blend"], occlusion_thresh=float(c["occlusion_thresh"]),
+        prob=float(c["prob"]),
+    )  # fmt: skip
+    logger.info(
+        "paste: %d instances of %d classes, selection %s, %s pastes per image, blend %s",
+        len(bank), len(bank.classes), c["selection"], tuple(c["count"]), c["blend"],
+    )  # fmt: skip
+    return PasteDataset(train_ds, copy_paste=copy_paste, seed=seed)
 
 
 def build_target_detector(
