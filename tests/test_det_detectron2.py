@@ -437,9 +437,15 @@ def _launch_main(cfg):
     # Both processes must hold the same weights after DDP steps (adversaries included).
     net = gd.find_adversaries(trainer.model)
     flat = torch.cat([p.detach().flatten() for n in sorted(net) for p in net[n].parameters()])
-    all_flat = comm.all_gather(flat)
+    everything = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    all_flat = comm.all_gather((flat, everything))
+    inner = trainer.model.module
+    tracked = bool(getattr(inner, "_ganaug_tracks_sizes", False))
     if comm.is_main_process():
-        torch.save(all_flat, os.path.join(cfg.OUTPUT_DIR, "adv_params.pt"))
+        torch.save(
+            {"adv": [a for a, _ in all_flat], "all": [b for _, b in all_flat], "tracked": tracked},
+            os.path.join(cfg.OUTPUT_DIR, "adv_params.pt"),
+        )
 
 
 @pytest.mark.dist
@@ -449,13 +455,20 @@ def _launch_main(cfg):
     reason="2-process launch re-imports torch and detectron2 in each process (about 30 s on "
     "a quiet 2-core machine, minutes on a busy one): set GANAUG_TEST_DIST=1 to run it",
 )
-def test_launch_two_cpu_processes(tmp_path, coco128_dir):
+@pytest.mark.parametrize("variant", ["asdn_astn", "pgan"])
+def test_launch_two_cpu_processes(tmp_path, coco128_dir, variant):
+    """Under detectron2's launch (2 gloo processes, DDP without device_ids) both processes
+    end with identical adversary weights: ASDN (stage 1 then 2) + ASTN, and the PGAN
+    discriminator (its generator is part of the DDP-synchronised detector)."""
     from detectron2.engine import launch
 
-    cfg = _trainer_cfg(tmp_path, "asdn_astn", 2, "MODEL.GANAUG.ASDN.STAGE1_ITERS", 1)
+    cfg = _trainer_cfg(tmp_path, variant, 2, "MODEL.GANAUG.ASDN.STAGE1_ITERS", 1)
     cfg.SOLVER.IMS_PER_BATCH = 2  # one image per process
     env = {ENV_VAR: os.environ.get(ENV_VAR, str(coco128_dir.parent))}
     os.environ.update(env)
     launch(_launch_main, 2, dist_url="auto", args=(cfg,))
-    a, b = torch.load(tmp_path / "adv_params.pt")
-    torch.testing.assert_close(a, b)
+    saved = torch.load(tmp_path / "adv_params.pt")
+    torch.testing.assert_close(saved["adv"][0], saved["adv"][1])
+    torch.testing.assert_close(saved["all"][0], saved["all"][1])
+    # The Perceptual-GAN head measured areas in original pixels inside DDP, too.
+    assert saved["tracked"] == (variant == "pgan")
