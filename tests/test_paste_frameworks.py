@@ -98,8 +98,8 @@ def test_det_train_paste_section(tmp_path):
     tiny = ["model.fpn_channels=16", "model.min_size=64", "model.max_size=96",
             "model.representation_size=32", "model.rpn_batch_size_per_image=16",
             "model.box_batch_size_per_image=16", "model.rpn_post_nms_top_n_train=32",
-            "model.rpn_post_nms_top_n_test=16", "data.train_images=0:6",
-            "data.val_images=6:8", "train.iters=2", "train.warmup_iters=0",
+            "model.rpn_post_nms_top_n_test=16", "data.train_images='0:6'",
+            "data.val_images='6:8'", "train.iters=2", "train.warmup_iters=0",
             "train.eval_batch_size=2", f"out_dir={tmp_path / 'run'}"]  # fmt: skip
     cfg = load_config(configs / "paste_imbalance_tiny_coco128.yaml", tiny)
     assert cfg["paste"]["selection"] == "inverse" and cfg["paste"]["count"] == [1, 3]
