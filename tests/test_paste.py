@@ -105,6 +105,76 @@ def test_jitter_flip_rotate_scale():
     assert big.size == (20, 40) and big.area == 4 * inst.area
 
 
+def _reference_bookkeeping(masks, subs):
+    """Brute force over full-image masks: each paste clears its pixels from all earlier."""
+    out = [m.copy() for m in masks]
+    for sub in subs:
+        out = [m & ~sub for m in out] + [sub.copy()]
+    return out
+
+
+def test_local_bookkeeping_matches_full_image_reference():
+    # Random blobs and pastes (some cut by the border, some overlapping): the box-local
+    # updates must equal a full-image recomputation, mask by mask and box by box.
+    rng = np.random.default_rng(5)
+    h, w = 70, 90
+    masks = np.zeros((5, h, w), bool)
+    for k in range(5):
+        y, x = rng.integers(0, h - 20), rng.integers(0, w - 20)
+        masks[k, y : y + rng.integers(4, 25), x : x + rng.integers(4, 25)] = True
+        masks[k, y, x + 3 :] = True  # a thin tail: the box is wider than the bulk
+    target = {
+        "boxes": np.stack([mask_to_box(m) for m in masks]),
+        "labels": np.arange(1, 6),
+        "masks": masks,
+    }
+    insts, places = [], []
+    for side, (x, y) in zip((18, 25, 12, 30), ((20, 15), (-8, 40), (60, 50), (35, 5))):
+        m = np.zeros((side, side), bool)
+        m[2:, : side - 3] = True
+        insts.append(Instance(image=np.full((side, side, 3), 99, np.uint8), mask=m, label=9))
+        places.append(Placement(x=x, y=y))
+    _, tg = paste_instances(
+        np.zeros((h, w, 3), np.uint8), target, insts, places, occlusion_thresh=1.0,
+        min_visible_pixels=1, blend_mode="alpha",
+    )  # fmt: skip
+    subs = []  # each paste's full-image footprint, built independently of the code
+    for inst, pl in zip(insts, places):
+        big = np.zeros((h + 200, w + 200), bool)
+        ih, iw = inst.mask.shape
+        big[100 + pl.y : 100 + pl.y + ih, 100 + pl.x : 100 + pl.x + iw] = inst.mask
+        subs.append(big[100 : 100 + h, 100 : 100 + w])
+    ref = _reference_bookkeeping(list(masks), subs)
+    assert len(tg["masks"]) == len(ref) and tg["pasted"].sum() == 4
+    for k, (m, r) in enumerate(zip(tg["masks"], ref)):
+        np.testing.assert_array_equal(m, r)
+        if tg["pasted"][k] or tg["changed"][k]:
+            np.testing.assert_array_equal(tg["boxes"][k], mask_to_box(m))
+        else:
+            np.testing.assert_array_equal(tg["boxes"][k], target["boxes"][k])
+    assert tg["changed"].any() and target["masks"].sum() == masks.sum()
+
+
+def test_flip_is_folded_into_the_rotation_warp():
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 255, (17, 23, 3), dtype=np.uint8)
+    mask = np.zeros((17, 23), bool)
+    mask[3:15, 2:12] = True
+    inst = Instance(image=img, mask=mask, label=1)
+    both = jitter_instance(inst, flip=True, angle=17.0, scale=1.3)
+    steps = jitter_instance(jitter_instance(inst, flip=True), angle=17.0, scale=1.3)
+    assert both.size == steps.size
+    np.testing.assert_array_equal(both.mask, steps.mask)
+    assert np.abs(both.image.astype(int) - steps.image.astype(int)).max() <= 1
+
+
+def test_rgba_cache_follows_a_swapped_image():
+    inst = _square_instance(side=4, value=10)
+    assert inst.rgba()[0, 0].tolist() == [10, 10, 10, 255]
+    inst.image = np.full((4, 4, 3), 77, np.uint8)  # as the mmseg adapter does (RGB -> BGR)
+    assert inst.rgba()[0, 0].tolist() == [77, 77, 77, 255]
+
+
 def test_label_map_follows_pastes():
     image, target = _scene()
     target["label_map"] = np.zeros((60, 80), np.int64)
