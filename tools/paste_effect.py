@@ -279,6 +279,73 @@ def _load_camvid(size):
     }  # fmt: skip
 
 
+DET_VARIANTS = ("baseline", "paste_random", "paste_imbalance")
+
+
+def summarize_det(out: Path, seeds=(0, 1)) -> str:
+    """Tables for the coco128 ``det-train`` runs ``out/<variant>_seed<k>/metrics.json``.
+
+    Summary AP on held-out and on training images, and per-class AP on the training
+    images grouped by training-set frequency (plus every class in ``det_per_class.md``).
+    Also writes each run's training-image per-class AP as ``per_class_metrics_train.json``.
+    """
+    runs: dict[str, list[dict]] = {}
+    counts: dict[str, int] = {}
+    for v in DET_VARIANTS:
+        for k in seeds:
+            d = out / f"{v}_seed{k}"
+            if not (d / "metrics.json").is_file():
+                continue
+            m = json.loads((d / "metrics.json").read_text())
+            pc = json.loads((d / "per_class_metrics.json").read_text())
+            counts = pc.get("class_counts") or counts
+            (d / "per_class_metrics_train.json").write_text(json.dumps({
+                "task": "detection", "metric": "AP",
+                "per_class": m["eval_train"]["per_category_AP"], "class_counts": counts,
+                "summary": {"mAP": m["eval_train"]["AP"]}, "run": f"{v}_seed{k}_train",
+            }, indent=1))  # fmt: skip
+            runs.setdefault(v, []).append(m)
+
+    def cell(vals):
+        vals = np.asarray(vals, dtype=float)
+        return f"{np.nanmean(vals):.2f} ± {np.nanstd(vals):.2f}" if vals.size else "-"
+
+    names = list(runs)
+    rows = ["| metric | " + " | ".join(f"{v} (n={len(runs[v])})" for v in names) + " |",
+            "|---|" + "---|" * len(names)]  # fmt: skip
+    for split, key in (("held-out (32 img)", "eval"), ("training (96 img)", "eval_train")):
+        for met in ("AP", "AP50", "APs", "APm", "APl"):
+            rows.append(f"| {split} {met} | "
+                        + " | ".join(cell([r[key][met] for r in runs[v]]) for v in names)
+                        + " |")  # fmt: skip
+    bins = (("frequent (>= 20 train objects)", 20, 10**9), ("medium (5-19)", 5, 19),
+            ("rare (1-4)", 1, 4))  # fmt: skip
+    for title, lo, hi in bins:
+        cls = [c for c, n in counts.items() if lo <= n <= hi]
+        vals = {v: [np.nanmean([r["eval_train"]["per_category_AP"].get(c, np.nan)
+                                for c in cls]) for r in runs[v]] for v in names}  # fmt: skip
+        rows.append(f"| training AP, {title}, {len(cls)} classes | "
+                    + " | ".join(cell(vals[v]) for v in names) + " |")  # fmt: skip
+    for title, lo, hi in bins:
+        cls = [c for c, n in counts.items() if lo <= n <= hi]
+        vals = {v: [np.mean([r["eval_train"]["per_category_AP"].get(c, 0.0) > 0 for c in cls])
+                    * 100 for r in runs[v]] for v in names}  # fmt: skip
+        rows.append(f"| % of {title} classes with training AP > 0 | "
+                    + " | ".join(cell(vals[v]) for v in names) + " |")  # fmt: skip
+    table = "\n".join(rows)
+    per = ["| class | train objects | " + " | ".join(names) + " |",
+           "|---|---|" + "---|" * len(names)]  # fmt: skip
+    for c, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        if n == 0:
+            continue
+        per.append(f"| {c} | {n} | " + " | ".join(
+            cell([r["eval_train"]["per_category_AP"].get(c, np.nan) for r in runs[v]])
+            for v in names) + " |")  # fmt: skip
+    (out / "det_table.md").write_text(table + "\n")
+    (out / "det_per_class.md").write_text("\n".join(per) + "\n")
+    return table
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=("camvid", "magnetic-tile"), default="camvid")
@@ -293,8 +360,13 @@ def main(argv=None):
     p.add_argument("--count", type=int, nargs=2, default=[1, 3], help="pastes per image")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="outputs/paste_effect")
+    p.add_argument("--summarize-det", action="store_true",
+                   help="only summarise the coco128 det-train runs under --out")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.summarize_det:
+        print(summarize_det(Path(args.out), seeds=args.seeds))
+        return
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     args.paste_kw = dict(count=tuple(args.count), scale=(0.7, 1.3), blend_mode=args.blend,
