@@ -14,9 +14,18 @@ a shared machine hit all variants alike, and the median over rounds is reported.
 Targets (issue 3): ASDN, ASTN, both <= 1.25x baseline train step, PGAN <= 1.4x; peak
 memory <= 1.2x; inference unchanged for ASDN/ASTN, <= 1.1x for PGAN.
 
+Presets (``--preset``, several run one after the other in one call):
+
+* ``tiny``: the from-scratch budget of the configs (4-stage CNN + FPN 64 channels,
+  128 ROIs per image, images 192-256 px, box head 256 wide);
+* ``r50``: a realistic Faster R-CNN (torchvision ResNet-50 + FPN 256 channels, random
+  init, 2000 RPN proposals, 512 ROIs per image, images 512-640 px, box head 1024 wide).
+
+Explicit options (``--min-size`` ...) override the preset's values.
+
 Example::
 
-    nice -n 10 python tools/bench_det.py --rounds 5 --out work_dirs/det/bench.json
+    /work/heavy --both python tools/bench_det.py --preset tiny r50 --out work_dirs/det/bench
 """
 
 from __future__ import annotations
@@ -36,6 +45,19 @@ from ganaug.torchvision import build_faster_rcnn
 from ganaug.torchvision.engine import _make_optimizers, train_step
 
 logger = logging.getLogger("bench_det")
+
+PRESETS = {
+    "tiny": {
+        "backbone": "tiny", "fpn_channels": 64, "min_size": 192, "max_size": 256,
+        "box_batch_size_per_image": 128, "representation_size": 256,
+        "rpn_post_nms_top_n_train": 500,
+    },
+    "r50": {
+        "backbone": "resnet50", "min_size": 512, "max_size": 640,
+        "box_batch_size_per_image": 512, "representation_size": 1024,
+        "rpn_post_nms_top_n_train": 2000,
+    },
+}  # fmt: skip
 
 # (row name, builder variant, extra builder kwargs)
 ROWS = [
@@ -79,27 +101,11 @@ def _peak_bytes(fn, device) -> int:
     return _peak_cpu_bytes(fn)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds (after 1 warm-up)")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--min-size", type=int, default=256)
-    p.add_argument("--max-size", type=int, default=384)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument("--data-root", help="data root (default: $GANAUG_DATA_ROOT)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-
+def _load_batches(args, n_batches: int, device):
     ds = CocoDetectionDataset.from_root(dataset_dir("coco128", args.data_root))
-    n_batches = args.rounds + 1
-    # Images with small objects and without, so PGAN's routing has work to do.
-    ids = ds.ids[: n_batches * args.batch_size]
-    sub = ds.subset(ids)
+    # The first images by id: some with small objects and some without, so PGAN's
+    # routing has work to do.
+    sub = ds.subset(ds.ids[: n_batches * args.batch_size])
     batches = []
     for b in range(n_batches):
         items = [sub[i] for i in range(b * args.batch_size, (b + 1) * args.batch_size)]
@@ -111,18 +117,24 @@ def main(argv=None) -> int:
                  for t in targets],
             )
         )  # fmt: skip
+    return ds.num_classes, batches
 
-    size = dict(min_size=args.min_size, max_size=args.max_size)
+
+def bench(model_kwargs: dict, args, device) -> dict:
+    """Time and peak memory of every row of ``ROWS`` with these builder settings."""
+    n_batches = args.rounds + 1
+    num_classes, batches = _load_batches(args, n_batches, device)
     torch.manual_seed(0)
-    base_state = build_faster_rcnn(num_classes=ds.num_classes, **size).state_dict()
+    base_state = build_faster_rcnn(num_classes=num_classes, **model_kwargs).state_dict()
     train_cfg = {
         "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "warmup_iters": 0,
         "lr_drop_at": 1.0, "adv_lr": 1e-4, "iters": 100,
     }  # fmt: skip
+    rows_spec = [r for r in ROWS if not args.variants or r[1] in args.variants]
     models = {}
-    for name, variant, extra in ROWS:
+    for name, variant, extra in rows_spec:
         torch.manual_seed(1)
-        model = build_faster_rcnn(num_classes=ds.num_classes, variant=variant, **size, **extra)
+        model = build_faster_rcnn(num_classes=num_classes, variant=variant, **model_kwargs, **extra)
         model.load_state_dict(base_state, strict=False)
         model.to(device)
         opt, adv_opt, _ = _make_optimizers(model, train_cfg)
@@ -164,7 +176,14 @@ def main(argv=None) -> int:
                 infer_c[name].append(time.process_time() - c0)
         logger.info("round %d/%d done", r, n_batches - 1)
 
-    peak = {name: _peak_bytes(lambda n=name: step(n, 0), device) for name in models}
+    # Peak memory: median over --mem-batches batches (the number of proposals, hence of
+    # small ROIs and of ROI-stack sizes, varies a little from batch to batch).
+    mem_batches = range(min(args.mem_batches, n_batches))
+    peak = {
+        name: statistics.median(_peak_bytes(lambda n=name, b=b: step(n, b), device)
+                                for b in mem_batches)
+        for name in models
+    }  # fmt: skip
 
     on_cpu = device.type == "cpu"
     train_r, infer_r = (train_c, infer_c) if on_cpu else (train_t, infer_t)
@@ -196,16 +215,50 @@ def main(argv=None) -> int:
             f"{r['peak_mem_mb']:.0f} | {r['mem_ratio']:.2f} | {inf:.3f} | "
             f"{r['infer_ratio']:.2f} | {r['train_step_wall_s']:.2f} |"
         )
-    table = "\n".join(lines)
-    logger.info(
-        "device %s, threads %d, batch %d, size %d-%d, %d rounds\n%s",
-        device, torch.get_num_threads(), args.batch_size, args.min_size, args.max_size,
-        args.rounds, table,
-    )  # fmt: skip
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        args.out.write_text(json.dumps({"args": meta, "rows": rows, "table": table}, indent=2))
+    return {"rows": rows, "table": "\n".join(lines)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", nargs="+", choices=sorted(PRESETS), default=["tiny"])
+    p.add_argument("--variants", nargs="+", help="builder variants to run (baseline always)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds (after 1 warm-up)")
+    p.add_argument("--mem-batches", type=int, default=3, help="batches for the peak median")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--backbone", choices=["tiny", "resnet18", "resnet50"])
+    p.add_argument("--min-size", type=int)
+    p.add_argument("--max-size", type=int)
+    p.add_argument("--rois-per-image", type=int, help="box_batch_size_per_image")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--out", type=Path, help="write <out>/bench_<preset>.json here")
+    p.add_argument("--data-root", help="data root (default: $GANAUG_DATA_ROOT)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.variants:
+        args.variants = sorted(set(args.variants) | {"baseline"})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    overrides = {
+        "backbone": args.backbone, "min_size": args.min_size, "max_size": args.max_size,
+        "box_batch_size_per_image": args.rois_per_image,
+    }  # fmt: skip
+    for preset in args.preset:
+        model_kwargs = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v}}
+        result = bench(model_kwargs, args, device)
+        logger.info(
+            "preset %s %s, device %s, threads %d, batch %d, %d rounds\n%s",
+            preset, model_kwargs, device, torch.get_num_threads(), args.batch_size,
+            args.rounds, result["table"],
+        )  # fmt: skip
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+            meta.update(preset=preset, model=model_kwargs, threads=torch.get_num_threads())
+            (args.out / f"bench_{preset}.json").write_text(
+                json.dumps({"args": meta, **result}, indent=2)
+            )
     return 0
 
 

@@ -117,6 +117,8 @@ def build_faster_rcnn(
     box_batch_size_per_image: int = 128,
     rpn_post_nms_top_n_train: int = 500,
     rpn_post_nms_top_n_test: int = 300,
+    box_score_thresh: float = 0.05,
+    box_detections_per_img: int = 100,
     small_area: float = DEFAULT_SMALL_AREA,
     pgan_fine: bool = True,
     pgan_adv_weight: float = 0.1,
@@ -135,10 +137,14 @@ def build_faster_rcnn(
     Args:
         num_classes: foreground classes (the predictor gets ``num_classes + 1`` outputs).
         variant: one of ``baseline``, ``pgan``, ``asdn``, ``astn``, ``asdn+astn``.
-        backbone: ``tiny`` (:class:`TinyFPNBackbone`) or ``resnet18`` (torchvision's, no
-            pretrained weights).
+        backbone: ``tiny`` (:class:`TinyFPNBackbone`), ``resnet18`` or ``resnet50``
+            (torchvision's ResNet + FPN, 256 channels, no pretrained weights).
         fpn_channels: FPN width (``tiny`` only; resnet18's FPN has 256).
         min_size, max_size: torchvision's resize bounds.
+        box_score_thresh: detections scoring below this are dropped at inference
+            (torchvision's default 0.05; a detector barely past initialisation scores few
+            boxes above it, so short from-scratch runs are evaluated with e.g. 0.001).
+        box_detections_per_img: most detections kept per image.
         roi_size: ``S`` of the pooled ROI features.
         small_area: PGAN small/large threshold in original pixels.
         pgan_fine: give the PGAN generator the finest FPN level of each small ROI.
@@ -156,11 +162,12 @@ def build_faster_rcnn(
         raise ValueError(f"build_faster_rcnn: num_classes must be >= 1, got {num_classes}")
     if backbone == "tiny":
         body = TinyFPNBackbone(out_channels=fpn_channels)
-    elif backbone == "resnet18":
-        body = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    elif backbone in ("resnet18", "resnet50"):
+        body = resnet_fpn_backbone(backbone_name=backbone, weights=None, trainable_layers=5)
     else:
         raise ValueError(
-            f"build_faster_rcnn: backbone must be 'tiny' or 'resnet18', got {backbone!r}"
+            "build_faster_rcnn: backbone must be 'tiny', 'resnet18' or 'resnet50', "
+            f"got {backbone!r}"
         )
     channels = body.out_channels
 
@@ -185,6 +192,8 @@ def build_faster_rcnn(
         box_head=box_head,
         box_predictor=predictor,
         box_batch_size_per_image=box_batch_size_per_image,
+        box_score_thresh=box_score_thresh,
+        box_detections_per_img=box_detections_per_img,
     )
 
     if variant != "baseline":

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from pathlib import Path
 
@@ -72,6 +73,7 @@ DEFAULTS: dict = {
         "checkpoint_period": 0,  # 0: only the final checkpoint
         "eval_at_end": True,
         "eval_train": False,  # also evaluate on the training images (how well it fits)
+        "eval_period": 0,  # >0: also evaluate every N iterations -> eval_history.jsonl
         "eval_batch_size": 4,
     },
     # Copy-paste on the training batches (keys: ganaug.torchvision.paste.PASTE_DEFAULTS).
@@ -105,6 +107,9 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+_SLICE = re.compile(r"-?\d*:-?\d*")
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> dict:
     """Defaults, merged with the YAML file and then ``key.sub=value`` overrides (YAML values).
 
@@ -122,7 +127,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
+        # "a:b" slices stay strings: YAML 1.1 reads e.g. 8:12 as the base-60 integer 492.
+        node[parts[-1]] = value if _SLICE.fullmatch(value) else yaml.safe_load(value)
     for section in cfg:
         if section not in DEFAULTS:
             raise KeyError(f"config: unknown section {section!r}; known: {sorted(DEFAULTS)}")
@@ -147,7 +153,10 @@ def _select_ids(all_ids: list[int], spec) -> list[int]:
         return list(all_ids[a:b])
     if isinstance(spec, list):
         return [int(i) for i in spec]
-    raise ValueError(f"image selection: expected null, 'start:stop' or a list, got {spec!r}")
+    raise ValueError(
+        f"image selection: expected null, 'start:stop' or a list, got {spec!r} (quote a:b "
+        "in YAML files: unquoted, YAML 1.1 reads it as a base-60 integer)"
+    )
 
 
 def build_datasets(cfg: dict) -> tuple[CocoDetectionDataset, CocoDetectionDataset]:
@@ -300,6 +309,36 @@ def evaluate(model, dataset: CocoDetectionDataset, *, batch_size: int = 4) -> di
     )
 
 
+_HISTORY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _append_history(out_dir: Path, iteration: int, ev: dict, ev_train: dict | None) -> None:
+    record = {"iter": iteration, **{k: ev[k] for k in _HISTORY_KEYS}}
+    if ev_train is not None:
+        record.update({f"train_{k}": ev_train[k] for k in _HISTORY_KEYS})
+    with open(out_dir / "eval_history.jsonl", "a") as f:
+        f.write(json.dumps(record, default=float) + "\n")
+
+
+def _log_eval(model, iteration: int, val_ds, train_ds, tcfg: dict, out_dir: Path) -> None:
+    """Evaluate mid-training without disturbing the training run's random stream."""
+    # The DataLoader draws its base seed from the global generator: restore it, so a run
+    # with intermediate evaluations trains exactly like one without.
+    rng = torch.get_rng_state()
+    bs = int(tcfg["eval_batch_size"])
+    ev = evaluate(model, val_ds, batch_size=bs)
+    ev_train = evaluate(model, train_ds, batch_size=bs) if train_ds is not None else None
+    torch.set_rng_state(rng)
+    _append_history(out_dir, iteration, ev, ev_train)
+    logger.info(
+        "iter %d: held-out AP %.2f AP50 %.2f%s",
+        iteration,
+        ev["AP"],
+        ev["AP50"],
+        "" if ev_train is None else f"; train AP {ev_train['AP']:.2f} AP50 {ev_train['AP50']:.2f}",
+    )
+
+
 def train(cfg: dict, *, resume: bool = False) -> dict:
     """Train per ``cfg`` (see :func:`load_config`), evaluate, write results to out_dir.
 
@@ -360,6 +399,10 @@ def train(cfg: dict, *, resume: bool = False) -> dict:
                     tcfg["iters"],
                     " ".join(f"{k}={v:.4g}" for k, v in last.items()),
                 )
+            ep = int(tcfg["eval_period"])
+            if ep and (it + 1) % ep == 0 and it + 1 < int(tcfg["iters"]):
+                _log_eval(model, it + 1, val_ds, train_ds if tcfg["eval_train"] else None, tcfg,
+                          out_dir)  # fmt: skip
             cp = int(tcfg["checkpoint_period"])
             if cp and (it + 1) % cp == 0:
                 save_checkpoint(
@@ -398,6 +441,8 @@ def train(cfg: dict, *, resume: bool = False) -> dict:
         )
     if tcfg["eval_train"]:
         result["eval_train"] = evaluate(model, train_ds, batch_size=int(tcfg["eval_batch_size"]))
+    if int(tcfg["eval_period"]) and result["eval"] is not None:
+        _append_history(out_dir, int(tcfg["iters"]), result["eval"], result.get("eval_train"))
     tmp = out_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, default=float))
     os.replace(tmp, out_dir / "metrics.json")

@@ -36,6 +36,7 @@ from ganaug.core.detection import (
     PerceptualGAN,
     apply_drop_mask,
     asdn_adversarial_loss,
+    asdn_adversarial_rois,
     asdn_drop_mask,
     asdn_mask_loss,
     asdn_stage1_targets,
@@ -185,7 +186,14 @@ class GanaugRoIHeads(RoIHeads):
             logits, _ = self._predict(occluded)
             return F.cross_entropy(logits, fg_labels[roi], reduction="none")
 
-        targets, _ = asdn_stage1_targets(pooled[fg], per_roi_loss, window=self.asdn_window)
+        # As many occluded copies per box-head call as the batch has ROIs: the search's
+        # transient memory stays that of one ROI stack, whatever the number of windows.
+        targets, _ = asdn_stage1_targets(
+            pooled[fg],
+            per_roi_loss,
+            window=self.asdn_window,
+            chunk_size=max(pooled.shape[0], 1),
+        )
         return fg, targets
 
     # -- forward -------------------------------------------------------------------------
@@ -241,20 +249,26 @@ class GanaugRoIHeads(RoIHeads):
             )
 
         drop = None
-        asdn_logits = None
+        asdn_input = None
         if self.asdn is not None:
-            asdn_logits = self.asdn(pooled.detach())
+            # ASDN reads detached features. Its trainable forward runs only on the ROIs its
+            # loss uses, so the other ROIs keep no ASDN activations for the backward pass.
+            asdn_input = pooled.detach()
             if step < self.asdn_stage1_iters:
                 stats["asdn/stage"] = 1.0
-                fg_idx, mask_targets = self._stage1_targets(pooled.detach(), flat_labels)
-                losses[AUX_PREFIX + "loss_asdn"] = asdn_mask_loss(asdn_logits[fg_idx], mask_targets)
+                fg_idx, mask_targets = self._stage1_targets(asdn_input, flat_labels)
+                losses[AUX_PREFIX + "loss_asdn"] = asdn_mask_loss(
+                    self.asdn(asdn_input[fg_idx]), mask_targets
+                )
+                asdn_input = None
             else:
                 stats["asdn/stage"] = 2.0
+                with torch.no_grad():
+                    scores = self.asdn(asdn_input)
                 drop = asdn_drop_mask(
-                    asdn_logits,
-                    drop_fraction=self.asdn_drop_fraction,
-                    sample=self.asdn_sample,
+                    scores, drop_fraction=self.asdn_drop_fraction, sample=self.asdn_sample
                 )
+                del scores
                 pooled = apply_drop_mask(pooled, drop)
                 stats["asdn/dropped_share"] = float(drop.mean()) if drop.numel() else 0.0
 
@@ -277,8 +291,16 @@ class GanaugRoIHeads(RoIHeads):
 
         if drop is not None:
             occluded_loss = F.cross_entropy(class_logits.detach(), flat_labels, reduction="none")
+            rois = asdn_adversarial_rois(occluded_loss)
+            # The selected ROIs are those above the batch median; passing that median as
+            # their reference makes the subset's loss equal the full batch's (the other
+            # ROIs have weight 0 there).
+            reference = occluded_loss.median() if rois.numel() else occluded_loss.sum()
             losses[AUX_PREFIX + "loss_asdn"] = asdn_adversarial_loss(
-                asdn_logits, drop, occluded_loss
+                self.asdn(asdn_input[rois]),
+                drop[rois],
+                occluded_loss[rois],
+                clean_loss=reference.expand(rois.numel()),
             )
         self.last_stats = stats
         return [], losses

@@ -21,12 +21,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "ASDN",
     "ASDNMaskLoss",
     "apply_drop_mask",
     "asdn_adversarial_loss",
+    "asdn_adversarial_rois",
     "asdn_drop_mask",
     "asdn_mask_loss",
     "asdn_stage1_targets",
@@ -50,15 +52,24 @@ class ASDN(nn.Module):
     Args:
         in_channels: channels ``C`` of the pooled ROI features.
         hidden_channels: width of the two 3x3 convolutions.
+        chunk_size: ROIs per chunk: without gradient the chunks run one after another,
+            and with gradient each is checkpointed (its activations are recomputed in the
+            backward pass, one chunk at a time), so ASDN's share of peak memory stays that
+            of one chunk. 0 runs all ROIs at once and keeps their activations.
 
     Shape:
         - features: ``(N, C, S, S)``
         - output: ``(N, S, S)`` logits (higher = drop this cell)
     """
 
-    def __init__(self, *, in_channels: int, hidden_channels: int = 64) -> None:
+    def __init__(
+        self, *, in_channels: int, hidden_channels: int = 64, chunk_size: int = 64
+    ) -> None:
         super().__init__()
+        if chunk_size < 0:
+            raise ValueError(f"ASDN: chunk_size must be >= 0, got {chunk_size}")
         self.in_channels = in_channels
+        self.chunk_size = int(chunk_size)
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -69,7 +80,20 @@ class ASDN(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         _check_roi_features("ASDN features", features, self.in_channels)
-        return self.body(features).squeeze(1)
+        chunk = self.chunk_size
+        n = features.shape[0]
+        if not chunk or n == 0 or (n <= chunk and not torch.is_grad_enabled()):
+            return self.body(features).squeeze(1)
+        if torch.is_grad_enabled():
+            pieces = [
+                checkpoint(self.body, features[i : i + chunk], use_reentrant=False)
+                for i in range(0, features.shape[0], chunk)
+            ]
+        else:
+            pieces = [
+                self.body(features[i : i + chunk]) for i in range(0, features.shape[0], chunk)
+            ]
+        return torch.cat(pieces).squeeze(1)
 
 
 def sliding_window_masks(
@@ -231,6 +255,40 @@ def apply_drop_mask(features: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
             f"{features.shape[2]}, {features.shape[3]}), got {tuple(drop.shape)}"
         )
     return features * (1.0 - drop.detach()).unsqueeze(1).to(features.dtype)
+
+
+def asdn_adversarial_rois(
+    occluded_loss: torch.Tensor, clean_loss: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Indices of the ROIs that :func:`asdn_adversarial_loss` trains on.
+
+    Those whose occluded classification loss is above the reference (the clean loss when
+    given, else the batch median). A host can compute ASDN's scores for all ROIs under
+    ``no_grad``, then run ASDN's trainable forward on these ROIs only and pass that subset
+    to :func:`asdn_adversarial_loss`: the gradient is the same and the other ROIs keep no
+    activations for the backward pass.
+
+    Shape:
+        - occluded_loss, clean_loss: ``(N,)``
+        - output: ``(M,)`` long, ``M <= N``
+    """
+    if occluded_loss.dim() != 1:
+        raise ValueError(
+            f"asdn_adversarial_rois: expected occluded_loss (N,), got {tuple(occluded_loss.shape)}"
+        )
+    if not occluded_loss.numel():
+        return torch.zeros(0, dtype=torch.long, device=occluded_loss.device)
+    occluded_loss = occluded_loss.detach()
+    if clean_loss is None:
+        reference = occluded_loss.median()
+    elif clean_loss.shape != occluded_loss.shape:
+        raise ValueError(
+            f"asdn_adversarial_rois: clean_loss {tuple(clean_loss.shape)} and occluded_loss "
+            f"{tuple(occluded_loss.shape)} must both be (N,)"
+        )
+    else:
+        reference = clean_loss.detach()
+    return torch.where(occluded_loss > reference)[0]
 
 
 def asdn_adversarial_loss(

@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["ASTN", "GradientReversal", "grad_reverse", "rotate_features"]
 
@@ -90,6 +91,10 @@ class ASTN(nn.Module):
         hidden_channels: width of the localisation network.
         reverse_scale: gradient-reversal factor on the angles; 0 freezes ASTN's learning,
             e.g. when the caller trains it in a separate step instead.
+        loc_chunk_size: in training, the localisation network runs on chunks of this many
+            ROIs with activation checkpointing: it keeps no activations for the backward
+            pass (they are recomputed there, one chunk at a time), which bounds its share
+            of peak memory for one extra forward of its first convolution. 0 disables it.
 
     The last layer starts at zero, so an untrained ASTN does not rotate.
 
@@ -106,6 +111,7 @@ class ASTN(nn.Module):
         max_angle: float = 10.0,
         hidden_channels: int = 64,
         reverse_scale: float = 1.0,
+        loc_chunk_size: int = 64,
     ) -> None:
         super().__init__()
         if num_groups < 1 or in_channels % num_groups:
@@ -118,6 +124,9 @@ class ASTN(nn.Module):
         self.num_groups = num_groups
         self.max_angle = float(max_angle)
         self.reverse_scale = float(reverse_scale)
+        if loc_chunk_size < 0:
+            raise ValueError(f"ASTN: loc_chunk_size must be >= 0, got {loc_chunk_size}")
+        self.loc_chunk_size = int(loc_chunk_size)
         self.loc = nn.Sequential(
             nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -137,8 +146,22 @@ class ASTN(nn.Module):
                 f"ASTN: expected features (N, {self.in_channels}, S, S), "
                 f"got {tuple(features.shape)}"
             )
-        bound = math.radians(self.max_angle)
-        return bound * torch.tanh(self.angle(self.loc(features.detach())))
+        x = features.detach()
+        chunk = self.loc_chunk_size
+        if chunk and torch.is_grad_enabled() and x.shape[0]:
+            # Recomputed in backward, chunk by chunk: the conv activations of all ROIs and
+            # the temporaries of their backward never coexist.
+            pieces = [
+                checkpoint(self._loc_logits, x[i : i + chunk], use_reentrant=False)
+                for i in range(0, x.shape[0], chunk)
+            ]
+            logits = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        else:
+            logits = self._loc_logits(x)
+        return math.radians(self.max_angle) * torch.tanh(logits)
+
+    def _loc_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.angle(self.loc(x))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         angles = self.predict_angles(features)
