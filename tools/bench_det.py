@@ -131,6 +131,8 @@ def bench(model_kwargs: dict, args, device) -> dict:
         "lr_drop_at": 1.0, "adv_lr": 1e-4, "iters": 100,
     }  # fmt: skip
     rows_spec = [r for r in ROWS if not args.variants or r[1] in args.variants]
+    if args.no_stage1:
+        rows_spec = [r for r in rows_spec if "stage 1" not in r[0]]
     models = {}
     for name, variant, extra in rows_spec:
         torch.manual_seed(1)
@@ -224,6 +226,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", help="builder variants to run (baseline always)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (after 1 warm-up)")
     p.add_argument("--mem-batches", type=int, default=3, help="batches for the peak median")
+    p.add_argument("--no-stage1", action="store_true", help="leave out the ASDN stage-1 row")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--backbone", choices=["tiny", "resnet18", "resnet50"])
     p.add_argument("--min-size", type=int)
