@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -196,7 +197,8 @@ def test_bad_boxes_clipped_and_dropped(tmp_path, monkeypatch, caplog):
 )
 def test_train_steps_with_hook(batch, variant, steps, expected):
     torch.manual_seed(0)
-    model = build_model(_cfg(variant, "MODEL.GANAUG.ASDN.STAGE1_ITERS", 1))
+    # GanaugTrainer.build_model: PGAN measures areas in original pixels (batch has height/width).
+    model = gd.GanaugTrainer.build_model(_cfg(variant, "MODEL.GANAUG.ASDN.STAGE1_ITERS", 1))
     model.train()
     hook = gd.AdversaryOptimizerHook(model, base_lr=1e-3)
     adv = {n: [p.detach().clone() for p in net.parameters()] for n, net in hook.networks.items()}
@@ -413,6 +415,46 @@ def test_trainer_pastes_when_enabled(tmp_path, coco128_dir, monkeypatch):
     seen.clear()
     next(iter(gd.GanaugTrainer.build_train_loader(cfg)))
     assert not seen
+
+
+def test_learned_paste_hook_online(tmp_path, coco128_dir):
+    """GANAUG.PASTE.LEARNED: the synthesizer and its discriminator train online beside a
+    PGAN detector (whose discriminator keeps its own Adam); state in the checkpoint."""
+    from ganaug.detectron2.paste_hook import LearnedPasteHook
+
+    torch.manual_seed(0)
+    cfg = _trainer_cfg(
+        tmp_path, "paste_learned", 2,
+        "MODEL.ROI_HEADS.NAME", "PerceptualGANROIHeads",
+        "DATASETS.TRAIN", ("coco128_train",),
+        "GANAUG.PASTE.MAX_PER_CLASS", 3,
+        "GANAUG.PASTE.LEARNED.PERIOD", 1,
+        "GANAUG.PASTE.LEARNED.BATCH", 1,
+        "GANAUG.PASTE.LEARNED.FG_SIZE", 32,
+        "GANAUG.PASTE.LEARNED.SYN_SIZE", 32,
+        "GANAUG.PASTE.LEARNED.SYN_WIDTH", 8,
+        "GANAUG.PASTE.LEARNED.DISC_WIDTH", 8,
+        "SOLVER.CHECKPOINT_PERIOD", 2,
+    )  # fmt: skip
+    trainer = gd.GanaugTrainer(cfg)
+    hook = next(h for h in trainer._hooks if isinstance(h, LearnedPasteHook))
+    syn0 = [p.detach().clone() for p in hook.paste.synthesizer.parameters()]
+    disc0 = [p.detach().clone() for p in hook.paste.discriminator.parameters()]
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert hook.paste.steps == 2
+    assert any(not torch.equal(a, p) for a, p in zip(syn0, hook.paste.synthesizer.parameters()))
+    assert any(not torch.equal(a, p) for a, p in zip(disc0, hook.paste.discriminator.parameters()))
+    # The adversaries' gradients were consumed by their own Adam, not the detector's SGD.
+    for net in gd.find_adversaries(trainer.model).values():
+        assert all(p.grad is None for p in net.parameters())
+    hist = trainer.storage.histories()
+    assert {"paste/loss_adv", "paste/loss_disc", "paste/task_loss"} <= set(hist)
+    assert np.isfinite(trainer.storage.history("paste/task_loss").latest())
+    ckpt = torch.load(tmp_path / "model_final.pth", weights_only=False)
+    state = ckpt["trainer"]["hooks"]
+    key = next(k for k in state if k.endswith("LearnedPasteHook"))
+    assert state[key]["paste"]["steps"] == 2
 
 
 def test_per_class_metrics_record(tmp_path):

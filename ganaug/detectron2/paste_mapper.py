@@ -239,6 +239,30 @@ def add_paste_config(cfg) -> None:
     # >= 0: pastes depend only on (SEED, image_id, visit count); -1: numpy's global RNG.
     p.SEED = -1
 
+    # ---- Learned task-aware compositing online (LearnedPasteHook, Tripathi et al. 2019) ----
+    lp = p.LEARNED = CN()
+    # Train a synthesizer + realism discriminator beside the detector (GanaugTrainer adds
+    # the hook); the foregrounds come from the bank and SELECTION above.
+    lp.ENABLED = False
+    # One online step (an extra detector step on composites) every PERIOD iterations.
+    lp.PERIOD = 4
+    # Training images per online step, one foreground pasted into each.
+    lp.BATCH = 2
+    # Side of the RGBA foreground tensors given to the synthesizer.
+    lp.FG_SIZE = 64
+    # Side to which background and composite are resized for synthesizer and discriminator.
+    lp.SYN_SIZE = 64
+    # Widths of the synthesizer's and the discriminator's first convolutions.
+    lp.SYN_WIDTH = 16
+    lp.DISC_WIDTH = 32
+    # Adam learning rates of synthesizer (G) and discriminator (D).
+    lp.LR_G = 1e-4
+    lp.LR_D = 2e-4
+    # Gradient-reversal factor: how hard the synthesizer ascends the detector's loss.
+    lp.TASK_WEIGHT = 1.0
+    # Weight of the realism (fool the discriminator) term in the synthesizer's objective.
+    lp.ADV_WEIGHT = 0.5
+
 
 def detectron2_target_fn(model, *, input_format: str = "BGR"):
     """``(images, targets) -> loss dict`` for a detectron2 detector (learned compositing).

@@ -4,6 +4,8 @@
   a ganaug head, so its optimizer is saved with the trainer's checkpoint.
 * :meth:`GanaugTrainer.build_train_loader` uses
   :class:`~ganaug.detectron2.paste_mapper.PasteDatasetMapper` when ``GANAUG.PASTE.ENABLED``.
+* :meth:`GanaugTrainer.build_hooks` adds
+  :class:`~ganaug.detectron2.paste_hook.LearnedPasteHook` when ``GANAUG.PASTE.LEARNED.ENABLED``.
 * :meth:`GanaugTrainer.build_evaluator` is detectron2's ``COCOEvaluator`` (AP, AP50, AP75,
   APs/m/l and per-category AP, box task).
 * :meth:`GanaugTrainer.test` also writes ``per_class_metrics.json`` (see
@@ -117,6 +119,15 @@ class GanaugTrainer(DefaultTrainer):
             # Before the checkpointer and writers: its state joins the trainer checkpoint
             # whatever the order, but its scalars should be written in the same iteration.
             hooks.insert(1, AdversaryOptimizerHook.from_config(self.cfg, self.model))
+        learned = self.cfg.get("GANAUG", {}).get("PASTE", {}).get("LEARNED", None)
+        if learned is not None and learned.ENABLED:
+            from .paste_hook import LearnedPasteHook
+
+            seed = self.cfg.SEED if self.cfg.SEED >= 0 else 0
+            # After the LR scheduler (the extra step uses this iteration's LR), before the
+            # checkpointer and writers.
+            pos = next((i + 1 for i, h in enumerate(hooks) if type(h).__name__ == "LRScheduler"), 1)
+            hooks.insert(pos, LearnedPasteHook(self.cfg, seed=seed))
         return hooks
 
     @classmethod
