@@ -18,6 +18,7 @@ from ganaug.core.detection import (
     PerceptualGenerator,
     apply_drop_mask,
     asdn_adversarial_loss,
+    asdn_adversarial_rois,
     asdn_drop_mask,
     asdn_mask_loss,
     asdn_stage1_targets,
@@ -314,3 +315,67 @@ def test_rotate_features_gradcheck():
     x = torch.randn(3, dtype=torch.float64, requires_grad=True)
     grad_reverse(x, 0.5).sum().backward()
     torch.testing.assert_close(x.grad, torch.full_like(x, -0.5))
+
+
+# -- memory-saving paths compute the same thing -------------------------------------------
+
+
+def test_asdn_chunked_checkpointed_forward_matches_whole_batch():
+    torch.manual_seed(0)
+    whole = ASDN(in_channels=8, chunk_size=0)
+    chunked = ASDN(in_channels=8, chunk_size=3)
+    chunked.load_state_dict(whole.state_dict())
+    feats = torch.randn(7, 8, 7, 7)  # 3 + 3 + 1 ROIs
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(feats), whole(feats))
+    weight = torch.randn(7, 7, 7)
+    (whole(feats) * weight).sum().backward()
+    (chunked(feats) * weight).sum().backward()
+    for a, b in zip(whole.parameters(), chunked.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk_size"):
+        ASDN(in_channels=8, chunk_size=-1)
+
+
+def test_astn_checkpointed_localisation_matches_plain():
+    torch.manual_seed(0)
+    plain = ASTN(in_channels=8, num_groups=2, loc_chunk_size=0)
+    _perturb(plain)
+    chunked = ASTN(in_channels=8, num_groups=2, loc_chunk_size=2)
+    chunked.load_state_dict(plain.state_dict())
+    feats = torch.randn(5, 8, 7, 7, requires_grad=True)
+    out_p, ang_p = plain(feats)
+    out_c, ang_c = chunked(feats)
+    torch.testing.assert_close(ang_c, ang_p)
+    torch.testing.assert_close(out_c, out_p)
+    weight = torch.randn_like(out_p)
+    grads_p = torch.autograd.grad((out_p * weight).sum(), [feats, *plain.parameters()])
+    grads_c = torch.autograd.grad((out_c * weight).sum(), [feats, *chunked.parameters()])
+    assert grads_p[-1].abs().sum() > 0  # the reversed gradient reaches the angle layer
+    for a, b in zip(grads_p, grads_c):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_asdn_loss_on_selected_rois_equals_full_batch_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(9, 3, 3, requires_grad=True)
+    drop = asdn_drop_mask(logits.detach(), sample=False)
+    occluded = torch.rand(9)
+    full = asdn_adversarial_loss(logits, drop, occluded)
+    (g_full,) = torch.autograd.grad(full, logits)
+    rois = asdn_adversarial_rois(occluded)
+    assert rois.tolist() == torch.where(occluded > occluded.median())[0].tolist()
+    sub = asdn_adversarial_loss(
+        logits[rois], drop[rois], occluded[rois], occluded.median().expand(len(rois))
+    )
+    (g_sub,) = torch.autograd.grad(sub, logits)
+    torch.testing.assert_close(sub, full)
+    torch.testing.assert_close(g_sub, g_full)
+    clean = occluded.clone()
+    clean[0] = -1.0  # only ROI 0 got harder than on clean features
+    assert asdn_adversarial_rois(occluded, clean).tolist() == [0]
+    assert asdn_adversarial_rois(torch.zeros(0)).numel() == 0
+    with pytest.raises(ValueError, match=r"occluded_loss \(N,\)"):
+        asdn_adversarial_rois(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="must both be"):
+        asdn_adversarial_rois(torch.zeros(3), torch.zeros(2))

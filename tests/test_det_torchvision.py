@@ -344,3 +344,41 @@ def test_config_and_cli(tmp_path):
     )
     with pytest.raises(ValueError, match="variant must be one of"):
         build_faster_rcnn(num_classes=3, variant="gan")
+
+
+def test_slices_stay_strings_and_builder_options(tmp_path):
+    # YAML 1.1 would read 8:12 as the base-60 integer 492.
+    cfg = load_config(None, ["data.val_images=8:12", "data.train_images=:8"])
+    assert cfg["data"]["val_images"] == "8:12" and cfg["data"]["train_images"] == ":8"
+    model = build_faster_rcnn(num_classes=3, box_score_thresh=0.001, **TINY)
+    assert model.roi_heads.score_thresh == 0.001
+    r50 = build_faster_rcnn(num_classes=3, backbone="resnet50", variant="asdn", **TINY)
+    assert r50.backbone.out_channels == 256 and r50.roi_heads.asdn.in_channels == 256
+    with pytest.raises(ValueError, match="backbone must be"):
+        build_faster_rcnn(num_classes=3, backbone="vgg")
+
+
+def test_eval_period_logs_history_without_changing_training(tmp_path):
+    from ganaug.torchvision.engine import train
+
+    def run(out, period):
+        cfg = load_config(
+            CONFIGS / "baseline_tiny_coco128.yaml",
+            [
+                "train.iters=2", "train.batch_size=1", "train.warmup_iters=0",
+                f"train.eval_period={period}", "train.eval_train=true",
+                "data.train_images=0:2", "data.val_images=2:3",
+                *(f"model.{k}={v}" for k, v in TINY.items() if "asdn" not in k),
+            ],
+        )  # fmt: skip
+        cfg["out_dir"] = str(tmp_path / out)
+        return train(cfg)
+
+    plain = run("plain", 0)
+    logged = run("logged", 1)
+    assert logged["final_losses"] == pytest.approx(plain["final_losses"], rel=1e-5)
+    lines = (tmp_path / "logged" / "eval_history.jsonl").read_text().splitlines()
+    history = [json.loads(line) for line in lines]
+    assert [h["iter"] for h in history] == [1, 2]
+    assert {"AP", "AP50", "APs", "train_AP", "train_AP50"} <= set(history[0])
+    assert not (tmp_path / "plain" / "eval_history.jsonl").exists()
