@@ -35,6 +35,7 @@ from ganaug.core.detection import (
     asdn_mask_loss,
     asdn_stage1_targets,
     box_areas,
+    pgan_discriminator_loss,
     sliding_window_masks,
 )
 
@@ -290,16 +291,20 @@ class PerceptualGANROIHeads(_GanaugHeadMixin, StandardROIHeads):
         real = enhanced[~small & keep]
 
         gen_loss = self.pgan.generator_loss(fake) if fake.numel() else fake.sum()
-        disc_loss = self.pgan.discriminator_loss(real, fake)
+        # PerceptualGAN.discriminator_loss spelled out (detached inputs: only D learns from
+        # it) so that the accuracies below reuse its logits instead of two more D passes.
+        real_logits = self.pgan.discriminator(real.detach())
+        fake_logits = self.pgan.discriminator(fake.detach())
+        disc_loss = pgan_discriminator_loss(real_logits, fake_logits)
         losses["loss_pgan_gen"] = self.gen_adv_weight * gen_loss + _touch(self.pgan.generator)
         losses["loss_pgan_disc"] = disc_loss + _touch(self.pgan.discriminator)
 
         with torch.no_grad():
             stats = {"pgan/num_small": small.sum(), "pgan/num_large": (~small).sum()}
             if real.shape[0]:
-                stats["pgan/disc_acc_real"] = (self.pgan.discriminator(real) > 0).float().mean()
+                stats["pgan/disc_acc_real"] = (real_logits > 0).float().mean()
             if fake.shape[0]:
-                stats["pgan/disc_acc_fake"] = (self.pgan.discriminator(fake) < 0).float().mean()
+                stats["pgan/disc_acc_fake"] = (fake_logits < 0).float().mean()
             if bool(small.any()):
                 # How far the generator moved small features (0 at initialisation).
                 res = (enhanced - pooled)[small].flatten(1).norm(dim=1)
