@@ -356,6 +356,11 @@ def test_slices_stay_strings_and_builder_options(tmp_path):
     assert r50.backbone.out_channels == 256 and r50.roi_heads.asdn.in_channels == 256
     with pytest.raises(ValueError, match="backbone must be"):
         build_faster_rcnn(num_classes=3, backbone="vgg")
+    # The R50-FPN config builds (fpn_channels is the tiny backbone's, ignored here).
+    r50_cfg = load_config(CONFIGS / "asdn_astn_r50fpn_coco128.yaml", ["model.min_size=64"])
+    model = build_faster_rcnn(num_classes=3, **r50_cfg["model"])
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 512
+    assert model.roi_heads.box_head.fc6.out_features == 1024
 
 
 def test_eval_period_logs_history_without_changing_training(tmp_path):
