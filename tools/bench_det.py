@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import logging
 import statistics
@@ -75,30 +76,61 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _peak_cpu_bytes(fn) -> int:
+def _peak_cpu_bytes(fn, breakdown: list | None = None) -> int:
+    """Peak of live tensor bytes during ``fn`` from the profiler's allocation events.
+
+    With ``breakdown`` (a list), appends the ATen ops with the highest live memory while
+    they ran, as ``(peak MB, live MB before the op, op name, input shapes)``: where the
+    peak is reached and what the op adds.
+    """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=breakdown is not None
+    ) as prof:
         fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]"
-    )
+    kineto = list(prof.profiler.kineto_results.events())
+    events = sorted((e.start_ns(), e.nbytes()) for e in kineto if e.name() == "[memory]")
     live = peak = 0
-    for _, nbytes in events:
+    times, lives = [], []
+    for t, nbytes in events:
         live += nbytes
         peak = max(peak, live)
+        times.append(t)
+        lives.append(live)
+    if breakdown is not None and times:
+        rows = []
+        for e in kineto:
+            name = e.name()
+            if name == "[memory]" or not e.duration_ns():
+                continue
+            a = bisect.bisect_left(times, e.start_ns())
+            b = bisect.bisect_right(times, e.start_ns() + e.duration_ns())
+            before = lives[a - 1] if a else 0
+            top = max(lives[a:b], default=before)
+            rows.append((top / 2**20, before / 2**20, e.duration_ns(), name, str(e.shapes()[:3])))
+        # Highest peak first; among ops spanning the same peak, the innermost first.
+        rows.sort(key=lambda r: (-r[0], r[2]))
+        rows = [(a, b, name, shapes) for a, b, _, name, shapes in rows]
+        # Nested ops repeat the same peak: keep the first (outermost-looking) of each.
+        seen = set()
+        for row in rows:
+            key = (round(row[0], 2), row[3])
+            if key not in seen:
+                seen.add(key)
+                breakdown.append(row)
+            if len(breakdown) == 6:
+                break
     return peak
 
 
-def _peak_bytes(fn, device) -> int:
+def _peak_bytes(fn, device, breakdown: list | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         fn()
         return torch.cuda.max_memory_allocated(device) - base
-    return _peak_cpu_bytes(fn)
+    return _peak_cpu_bytes(fn, breakdown)
 
 
 def _load_batches(args, n_batches: int, device):
@@ -181,11 +213,21 @@ def bench(model_kwargs: dict, args, device) -> dict:
     # Peak memory: median over --mem-batches batches (the number of proposals, hence of
     # small ROIs and of ROI-stack sizes, varies a little from batch to batch).
     mem_batches = range(min(args.mem_batches, n_batches))
-    peak = {
-        name: statistics.median(_peak_bytes(lambda n=name, b=b: step(n, b), device)
-                                for b in mem_batches)
-        for name in models
-    }  # fmt: skip
+    peak, breakdowns = {}, {}
+    for name in models:
+        values = []
+        for b in mem_batches:
+            rows = [] if args.breakdown and b == 0 and device.type == "cpu" else None
+            values.append(_peak_bytes(lambda n=name, b=b: step(n, b), device, rows))
+            if rows is not None:
+                breakdowns[name] = rows
+                logger.info(
+                    "%s: peak %.1f MB; ops at the highest live memory "
+                    "(peak MB, MB before, op, shapes)\n%s",
+                    name, values[-1] / 2**20,
+                    "\n".join(f"  {a:.1f} {bf:.1f} {op} {sh}" for a, bf, op, sh in rows),
+                )  # fmt: skip
+        peak[name] = statistics.median(values)
 
     on_cpu = device.type == "cpu"
     train_r, infer_r = (train_c, infer_c) if on_cpu else (train_t, infer_t)
@@ -217,7 +259,7 @@ def bench(model_kwargs: dict, args, device) -> dict:
             f"{r['peak_mem_mb']:.0f} | {r['mem_ratio']:.2f} | {inf:.3f} | "
             f"{r['infer_ratio']:.2f} | {r['train_step_wall_s']:.2f} |"
         )
-    return {"rows": rows, "table": "\n".join(lines)}
+    return {"rows": rows, "table": "\n".join(lines), "breakdown": breakdowns}
 
 
 def main(argv=None) -> int:
@@ -227,6 +269,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (after 1 warm-up)")
     p.add_argument("--mem-batches", type=int, default=3, help="batches for the peak median")
     p.add_argument("--no-stage1", action="store_true", help="leave out the ASDN stage-1 row")
+    p.add_argument(
+        "--breakdown", action="store_true", help="log the ops at each variant's memory peak (CPU)"
+    )
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--backbone", choices=["tiny", "resnet18", "resnet50"])
     p.add_argument("--min-size", type=int)
