@@ -85,8 +85,14 @@ class ASDN(nn.Module):
         if not chunk or n == 0 or (n <= chunk and not torch.is_grad_enabled()):
             return self.body(features).squeeze(1)
         if torch.is_grad_enabled():
+            # No randomness inside: the RNG state need not be saved for recomputation.
             pieces = [
-                checkpoint(self.body, features[i : i + chunk], use_reentrant=False)
+                checkpoint(
+                    self.body,
+                    features[i : i + chunk],
+                    use_reentrant=False,
+                    preserve_rng_state=False,
+                )
                 for i in range(0, features.shape[0], chunk)
             ]
         else:

@@ -151,8 +151,14 @@ class ASTN(nn.Module):
         if chunk and torch.is_grad_enabled() and x.shape[0]:
             # Recomputed in backward, chunk by chunk: the conv activations of all ROIs and
             # the temporaries of their backward never coexist.
+            # No randomness inside: the RNG state need not be saved for recomputation.
             pieces = [
-                checkpoint(self._loc_logits, x[i : i + chunk], use_reentrant=False)
+                checkpoint(
+                    self._loc_logits,
+                    x[i : i + chunk],
+                    use_reentrant=False,
+                    preserve_rng_state=False,
+                )
                 for i in range(0, x.shape[0], chunk)
             ]
             logits = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
