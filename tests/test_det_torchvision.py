@@ -337,7 +337,9 @@ def test_config_and_cli(tmp_path):
     assert cfg["data"]["val_images"] == "96:128"  # inherited from the base file
     with pytest.raises(KeyError, match="itters"):
         load_config(None, ["train.itters=5"])
-    args = build_parser().parse_args(["det-train", "--config", "x.yaml", "train.iters=3"])
+    args = build_parser("det-train").parse_args(
+        ["det-train", "--config", "x.yaml", "train.iters=3"]
+    )
     assert args.opts == ["train.iters=3"] and callable(args.func)
     assert isinstance(
         build_faster_rcnn(num_classes=3, variant="astn", **TINY).roi_heads, GanaugRoIHeads
