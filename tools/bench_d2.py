@@ -94,7 +94,15 @@ def _cfg(model: str, suffix: str, extra: list, args, device: str):
         *extra,
     ]  # fmt: skip
     if model == "r50":
-        opts += ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 512]
+        opts += [
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 512,
+            # From scratch: FrozenBN with its initial statistics is the identity, and 50
+            # unnormalised layers overflow (non-finite proposals, a handful survive);
+            # GroupNorm and every stage trained, as in the tiny config.
+            "MODEL.RESNETS.NORM", "GN",
+            "MODEL.RESNETS.STRIDE_IN_1X1", False,
+            "MODEL.BACKBONE.FREEZE_AT", 0,
+        ]  # fmt: skip
     cfg.merge_from_list(opts)
     return cfg
 
@@ -125,6 +133,31 @@ def _peak_bytes(fn, device: torch.device) -> int:
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
     return _peak_cpu_bytes(fn)
+
+
+def _small_share(model, fn) -> list[int] | None:
+    """``[small ROIs, all ROIs]`` that ``fn`` (an inference) sends through a PGAN head."""
+    head = getattr(model, "roi_heads", None)
+    if not isinstance(head, gd.PerceptualGANROIHeads):
+        return None
+    counts = [0, 0]
+
+    def count(i):
+        def hook(module, args):
+            counts[i] += int(args[0].shape[0])
+
+        return hook
+
+    handles = [
+        head.pgan.generator.register_forward_pre_hook(count(0)),
+        head.box_head.register_forward_pre_hook(count(1)),
+    ]
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return counts
 
 
 def _batches(cfg, n: int, batch_size: int) -> list[list[dict]]:
@@ -200,6 +233,8 @@ def bench_model(model_name: str, args, device: torch.device) -> list[dict]:
             logger.info("%s: round %d/%d done", model_name, r, n_batches - 1)
         peak = {n: _peak_bytes(lambda n=n: step(n, 0), device) for n in names}
 
+    small_share = {n: _small_share(runs[n][0], lambda n=n: infer(n, 0)) for n in names}
+
     timing = cpu if device.type == "cpu" else wall
     med = statistics.median
     rows = []
@@ -219,6 +254,9 @@ def bench_model(model_name: str, args, device: torch.device) -> list[dict]:
                 "infer_cpu_s": med(cpu["infer"][name]),
                 "infer_wall_s": med(wall["infer"][name]),
                 "infer_ratio": med(timing["infer"][name]) / med(timing["infer"]["baseline"]),
+                # PGAN: (ROIs through the generator, ROIs through the box head) in one
+                # inference batch; the generator's inference cost scales with the first.
+                "infer_small_rois": small_share[name],
             }
         )
     return rows
