@@ -399,6 +399,7 @@ def test_instance_encoder_trains_with_g_and_bank_reaches_synthesis(
         use_encoder=True,
         feat_dim=3,
         encoder_cfg=dict(ngf=4, n_downsample=2),
+        use_edges=True,
     )
     cfg.optim_wrapper.encoder = cfg.optim_wrapper.generator
     cfg.custom_hooks = [
@@ -407,9 +408,10 @@ def test_instance_encoder_trains_with_g_and_bank_reaches_synthesis(
     ]
     runner = Runner.from_cfg(cfg)
     model = runner.model
-    # D judges the image given labels only: the features are G's input, not D's.
-    assert model.discriminator.nets[0].in_channels == NUM_LABELS + 3
-    assert model.generator.in_channels == NUM_LABELS + 3
+    # G: one-hot labels + boundary map + features; D judges the image given the layout
+    # (labels + boundaries) only.
+    assert model.generator.in_channels == NUM_LABELS + 1 + 3
+    assert model.discriminator.nets[0].in_channels == NUM_LABELS + 1 + 3
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     runner.train()
 
@@ -425,7 +427,9 @@ def test_instance_encoder_trains_with_g_and_bank_reaches_synthesis(
         assert centers.ndim == 2 and centers.shape[1] == 3 and 1 <= len(centers) <= 2
     # At synthesis each class region gets one of its class's cluster centres.
     _, labels = _camvid_pairs(camvid_dir, 1, size=(32, 48))
-    feat = gen.encode(labels)[:, NUM_LABELS:]
+    cond = gen.encode(labels)
+    edges, feat = cond[:, NUM_LABELS], cond[:, NUM_LABELS + 1 :]
+    assert torch.equal(edges, instance_edges(labels)[:, 0])  # class regions act as instances
     for cls in torch.unique(labels).tolist():
         region = feat[0][:, labels[0] == cls]
         assert torch.allclose(region, region[:, :1].expand_as(region)), cls

@@ -57,8 +57,6 @@ from ganaug.core.pix2pixhd import (
 
 __all__ = ["Pix2PixHD", "Pix2PixHDSampleHook", "Pix2PixHDFeatureBankHook"]
 
-STAGES = ("global", "local", "joint")
-
 
 @MODELS.register_module()
 class Pix2PixHD(BaseModel):
@@ -189,9 +187,8 @@ class Pix2PixHD(BaseModel):
     def _current_iter(self) -> int:
         # The runner's RuntimeInfoHook records the iteration before every train step, also
         # after a resume; outside a runner the model counts its own steps.
-        if MessageHub.get_current_instance().get_info("iter") is not None:
-            return int(MessageHub.get_current_instance().get_info("iter"))
-        return self._steps
+        iteration = MessageHub.get_current_instance().get_info("iter")
+        return self._steps if iteration is None else int(iteration)
 
     def train_step(self, data, optim_wrapper: OptimWrapperDict) -> dict[str, Tensor]:
         """One D update then one G (+ encoder) update; D frozen during the G step.
