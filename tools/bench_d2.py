@@ -14,7 +14,10 @@ rounds is reported:
 * peak memory: the peak of tensor bytes allocated *during* one train step (activations,
   gradients, temporaries), from the profiler's allocation events on CPU, CUDA
   ``max_memory_allocated`` on a GPU; not the process RSS;
-* inference: ``model.eval()`` forward on the same images.
+* inference: ``model.eval()`` forward on the same images, measured before any training
+  step, while all heads share the same detector weights (PGAN's generator is the identity
+  it starts as), so that every model sends the same proposals and detections to NMS;
+  ``--infer-only`` measures only this.
 
 ASDN rows are stage 2 (joint training: the cost targets are for it); ``--stage1`` adds a
 stage-1 row (sliding-window search). Targets (issue 3): ASDN, ASTN, both <= 1.25x baseline
@@ -24,6 +27,7 @@ for PGAN.
 Example (the numbers in docs/readme/detectron2.md; a quiet machine, both CPU slots)::
 
     /work/heavy --both python tools/bench_d2.py --models tiny r50 --out outputs/d2_bench.json
+    /work/heavy --both python tools/bench_d2.py --infer-only --heads baseline pgan --rounds 5
 """
 
 from __future__ import annotations
@@ -172,6 +176,9 @@ def _batches(cfg, n: int, batch_size: int) -> list[list[dict]]:
 
 def bench_model(model_name: str, args, device: torch.device) -> list[dict]:
     heads = HEADS + ([STAGE1] if args.stage1 else [])
+    heads = [h for h in heads if h[1] in args.heads]
+    if heads[0][0] != "baseline":
+        raise ValueError("bench_d2: --heads must include baseline (ratios are relative to it)")
     n_batches = args.rounds + 1
     cfg0 = _cfg(model_name, "baseline", [], args, device.type)
     batches = _batches(cfg0, n_batches, args.batch_size)
@@ -218,9 +225,14 @@ def bench_model(model_name: str, args, device: torch.device) -> list[dict]:
     names = list(runs)
     wall = {k: {n: [] for n in names} for k in ("train", "infer")}
     cpu = {k: {n: [] for n in names} for k in ("train", "infer")}
+    # Inference first, while every model still has the same detector weights and PGAN's
+    # generator is the identity it starts as: the same proposals and detections reach
+    # NMS in every model, so the ratio is the head's own cost (after training steps the
+    # from-scratch models' score distributions, and with them NMS's work, drift apart).
+    phases = [("infer", infer)] + ([] if args.infer_only else [("train", step)])
     with EventStorage(0) as storage:
-        for r in range(n_batches):
-            for kind, fn in (("train", step), ("infer", infer)):
+        for kind, fn in phases:
+            for r in range(n_batches):
                 for name in names:
                     sync()
                     t0, c0 = time.perf_counter(), time.process_time()
@@ -229,41 +241,59 @@ def bench_model(model_name: str, args, device: torch.device) -> list[dict]:
                     if r:  # round 0 warms up
                         wall[kind][name].append(time.perf_counter() - t0)
                         cpu[kind][name].append(time.process_time() - c0)
-            storage.step()
-            logger.info("%s: round %d/%d done", model_name, r, n_batches - 1)
-        peak = {n: _peak_bytes(lambda n=n: step(n, 0), device) for n in names}
-
-    small_share = {n: _small_share(runs[n][0], lambda n=n: infer(n, 0)) for n in names}
+                storage.step()
+                logger.info("%s %s: round %d/%d done", model_name, kind, r, n_batches - 1)
+        small_share = {n: _small_share(runs[n][0], lambda n=n: infer(n, 0)) for n in names}
+        if not args.infer_only:
+            peak = {n: _peak_bytes(lambda n=n: step(n, 0), device) for n in names}
 
     timing = cpu if device.type == "cpu" else wall
     med = statistics.median
     rows = []
     for name in names:
-        rows.append(
-            {
-                "model": model_name,
-                "variant": name,
-                "train_step_cpu_s": med(cpu["train"][name]),
-                "train_step_wall_s": med(wall["train"][name]),
-                "train_ratio": med(timing["train"][name]) / med(timing["train"]["baseline"]),
-                "train_ratio_rounds": [
-                    a / b for a, b in zip(timing["train"][name], timing["train"]["baseline"])
-                ],
-                "peak_mem_mb": peak[name] / 2**20,
-                "mem_ratio": peak[name] / peak["baseline"],
-                "infer_cpu_s": med(cpu["infer"][name]),
-                "infer_wall_s": med(wall["infer"][name]),
-                "infer_ratio": med(timing["infer"][name]) / med(timing["infer"]["baseline"]),
-                # PGAN: (ROIs through the generator, ROIs through the box head) in one
-                # inference batch; the generator's inference cost scales with the first.
-                "infer_small_rois": small_share[name],
-            }
-        )
+        row = {
+            "model": model_name,
+            "variant": name,
+            "infer_cpu_s": med(cpu["infer"][name]),
+            "infer_wall_s": med(wall["infer"][name]),
+            "infer_ratio": med(timing["infer"][name]) / med(timing["infer"][names[0]]),
+            "infer_ratio_rounds": [
+                a / b for a, b in zip(timing["infer"][name], timing["infer"][names[0]])
+            ],
+            # PGAN: (ROIs through the generator, ROIs through the box head) in one
+            # inference batch; the generator's inference cost scales with the first.
+            "infer_small_rois": small_share[name],
+        }
+        if not args.infer_only:
+            row.update(
+                {
+                    "train_step_cpu_s": med(cpu["train"][name]),
+                    "train_step_wall_s": med(wall["train"][name]),
+                    "train_ratio": med(timing["train"][name]) / med(timing["train"][names[0]]),
+                    "train_ratio_rounds": [
+                        a / b for a, b in zip(timing["train"][name], timing["train"][names[0]])
+                    ],
+                    "peak_mem_mb": peak[name] / 2**20,
+                    "mem_ratio": peak[name] / peak[names[0]],
+                }
+            )
+        rows.append(row)
     return rows
 
 
 def _table(rows: list[dict], on_cpu: bool) -> str:
     kind = "CPU s" if on_cpu else "s"
+    if "train_ratio" not in rows[0]:
+        lines = [f"| model | head | inference ({kind}) | x baseline | small / all ROIs |"]
+        lines.append("|---|---|---|---|---|")
+        for r in rows:
+            inf = r["infer_cpu_s"] if on_cpu else r["infer_wall_s"]
+            share = r["infer_small_rois"]
+            share = f"{share[0]} / {share[1]}" if share else ""
+            lines.append(
+                f"| {r['model']} | {r['variant']} | {inf:.3f} | {r['infer_ratio']:.2f} | {share} |"
+            )
+        return "\n".join(lines)
     cols = ["model", "head", f"train step ({kind})", "x baseline", "peak mem (MB)", "x baseline"]
     cols += [f"inference ({kind})", "x baseline"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -288,6 +318,11 @@ def main(argv=None) -> int:
     p.add_argument("--r50-min-size", type=int, default=512)
     p.add_argument("--r50-max-size", type=int, default=640)
     p.add_argument("--stage1", action="store_true", help="add an ASDN stage-1 row")
+    p.add_argument(
+        "--heads", nargs="+", default=[h[1] for h in HEADS], choices=[h[1] for h in HEADS],
+        help="heads to measure (baseline always needed)",
+    )  # fmt: skip
+    p.add_argument("--infer-only", action="store_true", help="inference rounds only")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
