@@ -320,10 +320,11 @@ def test_rotate_features_gradcheck():
 # -- memory-saving paths compute the same thing -------------------------------------------
 
 
-def test_asdn_chunked_checkpointed_forward_matches_whole_batch():
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_asdn_chunked_checkpointed_forward_matches_whole_batch(ckpt):
     torch.manual_seed(0)
     whole = ASDN(in_channels=8, chunk_size=0)
-    chunked = ASDN(in_channels=8, chunk_size=3)
+    chunked = ASDN(in_channels=8, chunk_size=3, checkpoint=ckpt)
     chunked.load_state_dict(whole.state_dict())
     feats = torch.randn(7, 8, 7, 7)  # 3 + 3 + 1 ROIs
     with torch.no_grad():
@@ -337,11 +338,12 @@ def test_asdn_chunked_checkpointed_forward_matches_whole_batch():
         ASDN(in_channels=8, chunk_size=-1)
 
 
-def test_astn_checkpointed_localisation_matches_plain():
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_astn_chunked_localisation_matches_plain(ckpt):
     torch.manual_seed(0)
     plain = ASTN(in_channels=8, num_groups=2, loc_chunk_size=0)
     _perturb(plain)
-    chunked = ASTN(in_channels=8, num_groups=2, loc_chunk_size=2)
+    chunked = ASTN(in_channels=8, num_groups=2, loc_chunk_size=2, loc_checkpoint=ckpt)
     chunked.load_state_dict(plain.state_dict())
     feats = torch.randn(5, 8, 7, 7, requires_grad=True)
     out_p, ang_p = plain(feats)

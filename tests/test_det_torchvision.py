@@ -389,3 +389,30 @@ def test_eval_period_logs_history_without_changing_training(tmp_path):
     assert [h["iter"] for h in history] == [1, 2]
     assert {"AP", "AP50", "APs", "train_AP", "train_AP50"} <= set(history[0])
     assert not (tmp_path / "plain" / "eval_history.jsonl").exists()
+
+
+def test_asdn_after_astn_trains_on_recomputed_rotated_features(coco):
+    # With both adversaries the clean rotated stack is not kept: ASDN's trainable input is
+    # recomputed for the ROIs its loss uses, and must equal those rows of ASTN's output.
+    torch.manual_seed(0)
+    model = build_faster_rcnn(
+        num_classes=coco.num_classes, variant="asdn+astn", **{**TINY, "asdn_stage1_iters": 0}
+    )
+    heads = model.roi_heads
+    with torch.no_grad():
+        heads.astn.angle.weight.normal_(std=0.1)
+        heads.astn.angle.bias.fill_(0.1)
+    rotated, asdn_inputs = [], []
+    heads.astn.register_forward_hook(lambda m, i, o: rotated.append(o[0].detach().clone()))
+    heads.asdn.register_forward_hook(lambda m, i, o: asdn_inputs.append(i[0].detach().clone()))
+    opt, adv_opt, _ = _make_optimizers(model, TRAIN_CFG)
+    images, targets = _batch(coco, [9, 25])
+    train_step(model, images, targets, opt=opt, adv_opt=adv_opt)
+    assert len(rotated) == 1 and len(asdn_inputs) == 2  # scores (all ROIs), then training
+    clean = rotated[0].flatten(1)
+    assert heads.last_stats["astn/mean_abs_angle_deg"] > 1.0
+    torch.testing.assert_close(asdn_inputs[0].flatten(1), clean)
+    trained = asdn_inputs[1].flatten(1)
+    assert 0 < len(trained) <= len(clean) // 2 + 1
+    dist = torch.cdist(trained, clean, compute_mode="donot_use_mm_for_euclid_dist")
+    assert dist.min(dim=1).values.max() < 1e-4

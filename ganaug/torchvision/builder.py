@@ -130,6 +130,8 @@ def build_faster_rcnn(
     asdn_stage1_max_rois: int = 32,
     astn_groups: int = 4,
     astn_max_angle: float = 10.0,
+    adversary_chunk_size: int = 64,
+    adversary_checkpoint: bool = True,
     weights: str | os.PathLike | None = None,
 ) -> GanaugFasterRCNN:
     """Faster R-CNN (FPN) with the baseline or a ganaug ROI head, randomly initialised.
@@ -150,6 +152,12 @@ def build_faster_rcnn(
         pgan_fine: give the PGAN generator the finest FPN level of each small ROI.
         pgan_gen_hidden: width of the generator's residual branch (default: half the ROI
             channels).
+        adversary_chunk_size: ROIs per call of the ASDN and ASTN networks (bounds the
+            temporaries of their convolutions; 0: all ROIs at once).
+        adversary_checkpoint: recompute ASDN's and ASTN's activations in the backward
+            pass instead of keeping them (about 0.1x less peak memory on the tiny
+            configuration for one more forward of these networks; see
+            docs/readme/detection.md).
         weights: path of a state dict saved from a model of the same configuration (a
             ganaug checkpoint's ``"model"`` entry is accepted too).
 
@@ -215,7 +223,11 @@ def build_faster_rcnn(
                 )
         if "asdn" in variant:
             kwargs.update(
-                asdn=ASDN(in_channels=channels),
+                asdn=ASDN(
+                    in_channels=channels,
+                    chunk_size=adversary_chunk_size,
+                    checkpoint=adversary_checkpoint,
+                ),
                 asdn_stage1_iters=asdn_stage1_iters,
                 asdn_drop_fraction=asdn_drop_fraction,
                 asdn_sample=asdn_sample,
@@ -223,7 +235,11 @@ def build_faster_rcnn(
             )
         if "astn" in variant:
             kwargs["astn"] = ASTN(
-                in_channels=channels, num_groups=astn_groups, max_angle=astn_max_angle
+                in_channels=channels,
+                num_groups=astn_groups,
+                max_angle=astn_max_angle,
+                loc_chunk_size=adversary_chunk_size,
+                loc_checkpoint=adversary_checkpoint,
             )
         model.roi_heads = GanaugRoIHeads.from_roi_heads(model.roi_heads, **kwargs)
 

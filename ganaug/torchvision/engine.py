@@ -268,6 +268,11 @@ def _batches(dataset, batch_size: int, generator: torch.Generator, start_iter: i
 def train_step(model, images, targets, *, opt, adv_opt, grad_clip: float | None = None) -> dict:
     """One optimisation step of the detector and the adversaries; returns float losses."""
     model.train()
+    # Free the previous step's gradients before the forward, not after it: they would
+    # otherwise sit next to this step's activations.
+    opt.zero_grad(set_to_none=True)
+    if adv_opt is not None:
+        adv_opt.zero_grad(set_to_none=True)
     losses = model(images, targets)
     for name, value in losses.items():
         if not torch.isfinite(value):
@@ -276,9 +281,6 @@ def train_step(model, images, targets, *, opt, adv_opt, grad_clip: float | None 
                 f"{ {k: float(v) for k, v in losses.items()} }"
             )
     total = sum(losses.values())
-    opt.zero_grad(set_to_none=True)
-    if adv_opt is not None:
-        adv_opt.zero_grad(set_to_none=True)
     total.backward()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(detector_parameters(model), grad_clip)

@@ -40,6 +40,7 @@ from ganaug.core.detection import (
     asdn_drop_mask,
     asdn_mask_loss,
     asdn_stage1_targets,
+    rotate_features,
 )
 
 __all__ = ["AUX_PREFIX", "GanaugRoIHeads"]
@@ -242,7 +243,9 @@ class GanaugRoIHeads(RoIHeads):
             )
             pooled = enhanced
 
+        pre_astn = angles = None
         if self.astn is not None:
+            pre_astn = pooled.detach()
             pooled, angles = self.astn(pooled)
             stats["astn/mean_abs_angle_deg"] = (
                 float(angles.abs().mean().rad2deg()) if angles.numel() else 0.0
@@ -270,6 +273,11 @@ class GanaugRoIHeads(RoIHeads):
                 )
                 del scores
                 pooled = apply_drop_mask(pooled, drop)
+                if pre_astn is not None:
+                    # Nothing else keeps the clean rotated stack (grid_sample's backward
+                    # keeps its input and grid, the masking keeps only the mask): let it go
+                    # and recompute ASDN's input for the ROIs its loss uses.
+                    asdn_input = None
                 stats["asdn/dropped_share"] = float(drop.mean()) if drop.numel() else 0.0
 
         class_logits, box_regression = self._predict(pooled)
@@ -296,8 +304,13 @@ class GanaugRoIHeads(RoIHeads):
             # their reference makes the subset's loss equal the full batch's (the other
             # ROIs have weight 0 there).
             reference = occluded_loss.median() if rois.numel() else occluded_loss.sum()
+            if asdn_input is None:
+                with torch.no_grad():
+                    selected = rotate_features(pre_astn[rois], angles[rois])
+            else:
+                selected = asdn_input[rois]
             losses[AUX_PREFIX + "loss_asdn"] = asdn_adversarial_loss(
-                self.asdn(asdn_input[rois]),
+                self.asdn(selected),
                 drop[rois],
                 occluded_loss[rois],
                 clean_loss=reference.expand(rois.numel()),

@@ -21,7 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from ._chunks import run_in_chunks
 
 __all__ = [
     "ASDN",
@@ -52,10 +53,10 @@ class ASDN(nn.Module):
     Args:
         in_channels: channels ``C`` of the pooled ROI features.
         hidden_channels: width of the two 3x3 convolutions.
-        chunk_size: ROIs per chunk: without gradient the chunks run one after another,
-            and with gradient each is checkpointed (its activations are recomputed in the
-            backward pass, one chunk at a time), so ASDN's share of peak memory stays that
-            of one chunk. 0 runs all ROIs at once and keeps their activations.
+        chunk_size: ROIs per call of the network (0: all at once). Chunks bound the
+            temporaries of the forward and of the backward of the convolutions.
+        checkpoint: with gradients, keep no activations of the chunks for the backward
+            pass and recompute them there (less peak memory, one more forward).
 
     Shape:
         - features: ``(N, C, S, S)``
@@ -63,13 +64,19 @@ class ASDN(nn.Module):
     """
 
     def __init__(
-        self, *, in_channels: int, hidden_channels: int = 64, chunk_size: int = 64
+        self,
+        *,
+        in_channels: int,
+        hidden_channels: int = 64,
+        chunk_size: int = 64,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if chunk_size < 0:
             raise ValueError(f"ASDN: chunk_size must be >= 0, got {chunk_size}")
         self.in_channels = in_channels
         self.chunk_size = int(chunk_size)
+        self.checkpoint = bool(checkpoint)
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -80,26 +87,10 @@ class ASDN(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         _check_roi_features("ASDN features", features, self.in_channels)
-        chunk = self.chunk_size
-        n = features.shape[0]
-        if not chunk or n == 0 or (n <= chunk and not torch.is_grad_enabled()):
-            return self.body(features).squeeze(1)
-        if torch.is_grad_enabled():
-            # No randomness inside: the RNG state need not be saved for recomputation.
-            pieces = [
-                checkpoint(
-                    self.body,
-                    features[i : i + chunk],
-                    use_reentrant=False,
-                    preserve_rng_state=False,
-                )
-                for i in range(0, features.shape[0], chunk)
-            ]
-        else:
-            pieces = [
-                self.body(features[i : i + chunk]) for i in range(0, features.shape[0], chunk)
-            ]
-        return torch.cat(pieces).squeeze(1)
+        logits = run_in_chunks(
+            self.body, features, chunk_size=self.chunk_size, checkpoint_chunks=self.checkpoint
+        )
+        return logits.squeeze(1)
 
 
 def sliding_window_masks(

@@ -17,7 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from ._chunks import run_in_chunks
 
 __all__ = ["ASTN", "GradientReversal", "grad_reverse", "rotate_features"]
 
@@ -91,10 +92,10 @@ class ASTN(nn.Module):
         hidden_channels: width of the localisation network.
         reverse_scale: gradient-reversal factor on the angles; 0 freezes ASTN's learning,
             e.g. when the caller trains it in a separate step instead.
-        loc_chunk_size: in training, the localisation network runs on chunks of this many
-            ROIs with activation checkpointing: it keeps no activations for the backward
-            pass (they are recomputed there, one chunk at a time), which bounds its share
-            of peak memory for one extra forward of its first convolution. 0 disables it.
+        loc_chunk_size: ROIs per call of the localisation network (0: all at once);
+            bounds the temporaries of its forward and backward.
+        loc_checkpoint: with gradients, keep no activations of the localisation network
+            and recompute them in the backward pass (less memory, one more forward).
 
     The last layer starts at zero, so an untrained ASTN does not rotate.
 
@@ -112,6 +113,7 @@ class ASTN(nn.Module):
         hidden_channels: int = 64,
         reverse_scale: float = 1.0,
         loc_chunk_size: int = 64,
+        loc_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if num_groups < 1 or in_channels % num_groups:
@@ -127,6 +129,7 @@ class ASTN(nn.Module):
         if loc_chunk_size < 0:
             raise ValueError(f"ASTN: loc_chunk_size must be >= 0, got {loc_chunk_size}")
         self.loc_chunk_size = int(loc_chunk_size)
+        self.loc_checkpoint = bool(loc_checkpoint)
         self.loc = nn.Sequential(
             nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -146,24 +149,12 @@ class ASTN(nn.Module):
                 f"ASTN: expected features (N, {self.in_channels}, S, S), "
                 f"got {tuple(features.shape)}"
             )
-        x = features.detach()
-        chunk = self.loc_chunk_size
-        if chunk and torch.is_grad_enabled() and x.shape[0]:
-            # Recomputed in backward, chunk by chunk: the conv activations of all ROIs and
-            # the temporaries of their backward never coexist.
-            # No randomness inside: the RNG state need not be saved for recomputation.
-            pieces = [
-                checkpoint(
-                    self._loc_logits,
-                    x[i : i + chunk],
-                    use_reentrant=False,
-                    preserve_rng_state=False,
-                )
-                for i in range(0, x.shape[0], chunk)
-            ]
-            logits = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-        else:
-            logits = self._loc_logits(x)
+        logits = run_in_chunks(
+            self._loc_logits,
+            features.detach(),
+            chunk_size=self.loc_chunk_size,
+            checkpoint_chunks=self.loc_checkpoint,
+        )
         return math.radians(self.max_angle) * torch.tanh(logits)
 
     def _loc_logits(self, x: torch.Tensor) -> torch.Tensor:
