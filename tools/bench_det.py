@@ -174,6 +174,8 @@ def bench(model_kwargs: dict, args, device) -> dict:
     rows_spec = [r for r in ROWS if not args.variants or r[1] in args.variants]
     if args.no_stage1:
         rows_spec = [r for r in rows_spec if "stage 1" not in r[0]]
+    if args.no_nockpt:
+        rows_spec = [r for r in rows_spec if "no ckpt" not in r[0]]
     models = {}
     for name, variant, extra in rows_spec:
         torch.manual_seed(1)
@@ -217,6 +219,8 @@ def bench(model_kwargs: dict, args, device) -> dict:
                 train_t[name].append(time.perf_counter() - t0)
                 train_c[name].append(time.process_time() - c0)
         for name in models:
+            if args.no_infer:
+                break
             _sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             infer(name, r)
@@ -249,6 +253,7 @@ def bench(model_kwargs: dict, args, device) -> dict:
     on_cpu = device.type == "cpu"
     train_r, infer_r = (train_c, infer_c) if on_cpu else (train_t, infer_t)
     med = statistics.median
+    nan = float("nan")
     rows = []
     for name in models:
         rows.append(
@@ -259,9 +264,11 @@ def bench(model_kwargs: dict, args, device) -> dict:
                 "train_ratio": med(train_r[name]) / med(train_r["baseline"]),
                 "peak_mem_mb": peak[name] / 2**20,
                 "mem_ratio": peak[name] / peak["baseline"],
-                "infer_wall_s": med(infer_t[name]),
-                "infer_cpu_s": med(infer_c[name]),
-                "infer_ratio": med(infer_r[name]) / med(infer_r["baseline"]),
+                "infer_wall_s": med(infer_t[name]) if infer_t[name] else nan,
+                "infer_cpu_s": med(infer_c[name]) if infer_c[name] else nan,
+                "infer_ratio": (
+                    med(infer_r[name]) / med(infer_r["baseline"]) if infer_r[name] else nan
+                ),
             }
         )
     kind = "CPU s" if on_cpu else "s"
@@ -286,6 +293,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (after 1 warm-up)")
     p.add_argument("--mem-batches", type=int, default=3, help="batches for the peak median")
     p.add_argument("--no-stage1", action="store_true", help="leave out the ASDN stage-1 row")
+    p.add_argument("--no-nockpt", action="store_true", help="leave out the 'no ckpt' rows")
+    p.add_argument("--no-infer", action="store_true", help="do not time inference")
     p.add_argument(
         "--breakdown", action="store_true", help="log the ops at each variant's memory peak (CPU)"
     )
