@@ -250,6 +250,18 @@ class _Objects:
         self.lost: list[int] = []
         self.pasted: list[bool] = []
 
+    def add_inputs(self, crops, origins, boxes, labels, *, extents=None, areas=None):
+        """The input objects, in bulk (one list operation per field, not per object)."""
+        n = len(crops)
+        self.crops += crops
+        self.origins += origins
+        self.extent += extents if extents is not None else [None] * n
+        self.boxes += list(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+        self.labels += [int(v) for v in np.asarray(labels).tolist()]
+        self.area += areas if areas is not None else [None] * n
+        self.lost += [0] * n
+        self.pasted += [False] * n
+
     def add(self, crop, origin, box, label, *, pasted, extent=None, area=None):
         self.crops.append(crop)
         self.origins.append(origin)
@@ -269,10 +281,12 @@ class _Objects:
         x2, y2 = x1 + sub.shape[1], y1 + sub.shape[0]
         n = len(self.crops)
         if stack is not None:
-            # A loop of flat counts beats one count over axes (numpy reduces those slowly).
+            # A loop of OpenCV AND + count on uint8 views beats numpy (one count over axes
+            # is slowest of all).
+            block, sub8 = stack.view(np.uint8)[:n, y1:y2, x1:x2], sub.view(np.uint8)
             touched = []
             for k in range(n):
-                lost = int(np.count_nonzero(stack[k, y1:y2, x1:x2] & sub))
+                lost = cv2.countNonZero(cv2.bitwise_and(block[k], sub8))
                 if lost:
                     touched.append((k, lost))
         else:
@@ -411,20 +425,23 @@ def paste_instances(
         buf[:n0] = target["masks"]
         buf[n0:] = False
     in_boxes = target.get("boxes")
-    for k in range(n0):
-        if has_masks:
-            box = in_boxes[k] if in_boxes is not None else mask_to_box(buf[k])
-            box = np.zeros(4, np.float32) if box is None else box
-            objs.add(buf[k], (0, 0), box, in_labels[k], pasted=False)
-        else:
-            # Without masks an object is its filled box.
-            b = in_boxes[k]
+    if has_masks:
+        if in_boxes is None:
+            in_boxes = [mask_to_box(m) for m in buf[:n0]]
+            in_boxes = [np.zeros(4, np.float32) if b is None else b for b in in_boxes]
+        objs.add_inputs(list(buf[:n0]), [(0, 0)] * n0, in_boxes, in_labels)
+    elif n0:
+        # Without masks an object is its filled box.
+        crops, origins, extents = [], [], []
+        for b in in_boxes:
             x1, y1 = max(int(np.floor(b[0])), 0), max(int(np.floor(b[1])), 0)
             x2, y2 = min(int(np.ceil(b[2])), width), min(int(np.ceil(b[3])), height)
             x2, y2 = max(x2, x1), max(y2, y1)
-            crop = np.ones((y2 - y1, x2 - x1), dtype=bool)
-            objs.add(crop, (x1, y1), b, in_labels[k], pasted=False,
-                     extent=np.array([x1, y1, x2, y2]), area=crop.size)  # fmt: skip
+            crops.append(np.ones((y2 - y1, x2 - x1), dtype=bool))
+            origins.append((x1, y1))
+            extents.append(np.array([x1, y1, x2, y2]))
+        objs.add_inputs(crops, origins, in_boxes, in_labels, extents=extents,
+                        areas=[c.size for c in crops])  # fmt: skip
 
     for inst, pl in zip(instances, placements):
         rgba = _jitter_rgba(inst.rgba(), scale=pl.scale, flip=pl.flip, angle=pl.angle)
@@ -452,7 +469,12 @@ def paste_instances(
         if n_vis < min_visible_pixels:
             logger.debug("Instance %s: too few visible pixels, skipped.", inst.source)
             continue
-        sub = sub_u8 > 0
+        if has_masks:
+            k_new = len(objs.crops)  # the pasted object's row in buf
+            sub = buf[k_new, y1:y2, x1:x2]
+            np.greater(sub_u8, 0, out=sub)
+        else:
+            sub = sub_u8 > 0
         rgb = rgba[cut]
         if rgb.shape[2] == 4:
             src = cv2.cvtColor(rgb, cv2.COLOR_RGBA2RGB)
@@ -484,9 +506,7 @@ def paste_instances(
         objs.cover(sub, x1, y1, stack=buf)
         box = _bbox(sub) + np.array([x1, y1, x1, y1])
         if has_masks:
-            k = len(objs.crops)  # object k lives in row k of buf
-            buf[k, y1:y2, x1:x2] = sub
-            objs.add(buf[k], (0, 0), box, inst.label, pasted=True, extent=box, area=n_vis)
+            objs.add(buf[k_new], (0, 0), box, inst.label, pasted=True, extent=box, area=n_vis)
         else:
             objs.add(sub.copy(), (x1, y1), box, inst.label, pasted=True, extent=box,
                      area=n_vis)  # fmt: skip

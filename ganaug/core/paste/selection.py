@@ -60,6 +60,10 @@ class ClassSampler:
             raise ValueError(f"small_size must be (min, max) with 0 < min <= max: {small_size}")
         self.classes = classes
         self.probs = w / w.sum()
+        # What Generator.choice(p=...) does inside, minus its per-call validation of p
+        # (same draws for the same generator state).
+        self._cdf = np.cumsum(self.probs)
+        self._cdf /= self._cdf[-1]
         if rare_classes is None:
             order = np.argsort(-self.probs, kind="stable")
             rare_classes = [classes[i] for i in order[: max(len(classes) // 2, 1)]]
@@ -141,8 +145,8 @@ class ClassSampler:
     # -- sampling ----------------------------------------------------------------------
     def sample(self, rng: np.random.Generator, n: int) -> list[int]:
         """``n`` class ids drawn independently from the paste distribution."""
-        idx = rng.choice(len(self.classes), size=n, p=self.probs)
-        return [self.classes[i] for i in idx]
+        idx = self._cdf.searchsorted(rng.random(n), side="right")
+        return [self.classes[i] for i in idx.tolist()]
 
     def restrict(self, available: Sequence[int]) -> ClassSampler:
         """A sampler over the classes in ``available`` only (renormalised)."""
