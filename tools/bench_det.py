@@ -168,7 +168,7 @@ def bench(model_kwargs: dict, args, device) -> dict:
     torch.manual_seed(0)
     base_state = build_faster_rcnn(num_classes=num_classes, **model_kwargs).state_dict()
     train_cfg = {
-        "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "warmup_iters": 0,
+        "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "warmup_iters": 0,
         "lr_drop_at": 1.0, "adv_lr": 1e-4, "iters": 100,
     }  # fmt: skip
     rows_spec = [r for r in ROWS if not args.variants or r[1] in args.variants]
@@ -188,7 +188,9 @@ def bench(model_kwargs: dict, args, device) -> dict:
     def step(name, b):
         model, opt, adv_opt = models[name]
         images, targets = batches[b]
-        train_step(model, images, targets, opt=opt, adv_opt=adv_opt)
+        # A small LR and clipping: a randomly initialised R50 diverges within a few steps
+        # at the configs' LR without warm-up, and a NaN would stop the benchmark.
+        train_step(model, images, targets, opt=opt, adv_opt=adv_opt, grad_clip=10.0)
 
     def free_grads(name):
         # Outside the measured step: the CPU profiler sees the frees of blocks allocated
