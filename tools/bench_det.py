@@ -163,7 +163,7 @@ def _load_batches(args, n_batches: int, device):
 
 def bench(model_kwargs: dict, args, device) -> dict:
     """Time and peak memory of every row of ``ROWS`` with these builder settings."""
-    n_batches = args.rounds + 1
+    n_batches = max(args.mem_batches, 1) if args.mem_only else args.rounds + 1
     num_classes, batches = _load_batches(args, n_batches, device)
     torch.manual_seed(0)
     base_state = build_faster_rcnn(num_classes=num_classes, **model_kwargs).state_dict()
@@ -211,7 +211,12 @@ def bench(model_kwargs: dict, args, device) -> dict:
     # users' load than wall time does, so on CPU the ratios are taken from them.
     train_c = {name: [] for name in models}
     infer_c = {name: [] for name in models}
-    for r in range(n_batches):
+    if args.mem_only:
+        # One step each first: the optimizers' state is allocated in the first step and
+        # must not count as the step's memory.
+        for name in models:
+            step(name, 0)
+    for r in range(0 if args.mem_only else n_batches):
         for name in models:
             _sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
@@ -254,8 +259,11 @@ def bench(model_kwargs: dict, args, device) -> dict:
 
     on_cpu = device.type == "cpu"
     train_r, infer_r = (train_c, infer_c) if on_cpu else (train_t, infer_t)
-    med = statistics.median
     nan = float("nan")
+
+    def med(values):
+        return statistics.median(values) if values else nan
+
     rows = []
     for name in models:
         rows.append(
@@ -263,7 +271,9 @@ def bench(model_kwargs: dict, args, device) -> dict:
                 "variant": name,
                 "train_step_wall_s": med(train_t[name]),
                 "train_step_cpu_s": med(train_c[name]),
-                "train_ratio": med(train_r[name]) / med(train_r["baseline"]),
+                "train_ratio": (
+                    med(train_r[name]) / med(train_r["baseline"]) if train_r[name] else nan
+                ),
                 "peak_mem_mb": peak[name] / 2**20,
                 "mem_ratio": peak[name] / peak["baseline"],
                 "infer_wall_s": med(infer_t[name]) if infer_t[name] else nan,
@@ -297,6 +307,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-stage1", action="store_true", help="leave out the ASDN stage-1 row")
     p.add_argument("--no-nockpt", action="store_true", help="leave out the 'no ckpt' rows")
     p.add_argument("--no-infer", action="store_true", help="do not time inference")
+    p.add_argument(
+        "--mem-only",
+        action="store_true",
+        help="peak memory only (deterministic: needs no quiet machine, one heavy slot)",
+    )
     p.add_argument(
         "--breakdown", action="store_true", help="log the ops at each variant's memory peak (CPU)"
     )
