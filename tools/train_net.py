@@ -15,6 +15,8 @@ from __future__ import annotations
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import ganaug.detectron2  # noqa: F401  (registers the heads and coco128)
 from ganaug.detectron2 import GanaugTrainer, add_ganaug_config, merge_ganaug_config_file
@@ -28,6 +30,9 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # The adapter's log lines (copy-paste bank, adversary optimizer, per-class metrics) in
+    # the same log.txt and console as detectron2's; not the core's per-object INFO lines.
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ganaug.detectron2")
     return cfg
 
 
