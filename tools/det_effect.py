@@ -128,7 +128,7 @@ def _per_category_table(runs: list[dict], variants: list[str], key: str, info, t
     if not shown:
         return "(no category has a non-zero AP in any run)", {}
     lines = [
-        "| category (train objects, median area px²) | " + " | ".join(variants) + " |",
+        "| category (training objects, median box area px²) | " + " | ".join(variants) + " |",
         "|---|" + "---|" * len(variants),
     ]
     table = {}
@@ -140,7 +140,7 @@ def _per_category_table(runs: list[dict], variants: list[str], key: str, info, t
                     if r["variant"] == v and r.get(key)]  # fmt: skip
             m, sd = _mean_std(vals)
             table.setdefault(name, {})[v] = m
-            cells.append(f"{m:.1f} ± {sd:.1f}")
+            cells.append(f"{m:.2f} ± {sd:.2f}")
         lines.append(f"| {name} ({count}, {area:.0f}) | " + " | ".join(cells) + " |")
     return "\n".join(lines), table
 
