@@ -607,3 +607,37 @@ def test_compose_rejects_mismatched_batch():
     tap, images, targets, fg, labels = _learned_setup()
     with pytest.raises(ValueError, match="same number"):
         tap.compose(images[:1], targets, fg, labels)
+
+
+@pytest.mark.parametrize("blend_mode", ["alpha", "gaussian"])
+def test_in_place_paste_equals_copying_paste(coco128_dir, blend_mode):
+    """``in_place`` + ``mask_reserve`` reuse the decoded arrays and give identical output."""
+    ann, img_dir = coco128_paths(coco128_dir)
+    plain = CocoDetection(ann, img_dir)
+    spare = CocoDetection(ann, img_dir, mask_reserve=3)
+    ids = plain.ids[:8]
+    bank = InstanceBank.from_coco(ann, img_dir, image_ids=ids, cat_to_label=plain.cat_to_label)
+    cp = CopyPaste(bank=bank, count=(1, 3), blend_mode=blend_mode, occlusion_thresh=0.5)
+    reused = 0
+    for i in range(6):
+        image, target = plain[i]
+        keep = (image.copy(), target["masks"].copy())
+        out_copy, tg_copy = cp(image, target, rng=np.random.default_rng(i))
+        np.testing.assert_array_equal(image, keep[0])  # copying mode leaves the input alone
+        np.testing.assert_array_equal(target["masks"], keep[1])
+
+        image2, target2 = spare[i]
+        assert target2["masks"].shape == target["masks"].shape
+        cp.in_place = True
+        try:
+            out_in, tg_in = cp(image2, target2, rng=np.random.default_rng(i))
+        finally:
+            cp.in_place = False
+        np.testing.assert_array_equal(out_in, out_copy)
+        assert set(tg_in) == set(tg_copy)
+        for key in tg_copy:
+            np.testing.assert_array_equal(np.asarray(tg_in[key]), np.asarray(tg_copy[key]))
+        if tg_in["pasted"].any():
+            assert out_in is image2 or np.shares_memory(out_in, image2)
+            reused += np.shares_memory(tg_in["masks"], target2["masks"])
+    assert reused >= 1  # the pasted masks went into the reserved rows at least once

@@ -351,6 +351,30 @@ class _Objects:
         return keep
 
 
+def _spare_mask_rows(masks, rows: int) -> np.ndarray | None:
+    """``masks``' own block extended to ``rows`` rows, if ``masks`` heads a bigger block.
+
+    ``masks`` must be the leading rows of a C-contiguous ``(M, H, W)`` bool array with
+    ``M >= rows`` (as ``CocoDetection(mask_reserve=k)`` returns); else ``None``.
+    """
+    base = getattr(masks, "base", None)
+    if not (
+        isinstance(masks, np.ndarray)
+        and isinstance(base, np.ndarray)
+        and masks.dtype == bool
+        and base.dtype == bool
+        and base.ndim == 3
+        and base.shape[1:] == masks.shape[1:]
+        and base.shape[0] >= rows
+        and base.flags.c_contiguous
+        and base.flags.writeable
+        and masks.flags.c_contiguous
+        and masks.__array_interface__["data"][0] == base.__array_interface__["data"][0]
+    ):
+        return None
+    return base[:rows]
+
+
 def paste_instances(
     image: np.ndarray,
     target: dict,
@@ -361,13 +385,14 @@ def paste_instances(
     sigma: float = 1.5,
     occlusion_thresh: float = 0.7,
     min_visible_pixels: int = 4,
+    in_place: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """Paste instances onto ``image`` and update ``target`` to match.
 
     Instances are pasted in order; later ones cover earlier ones (pasted or original).
     All per-paste work (warp, blend, mask and label-map updates, occlusion bookkeeping)
     runs inside the paste's box; the only full-image operations are one copy of the image
-    and of the input masks.
+    and of the input masks, and ``in_place`` avoids both.
 
     Args:
         image: ``(H, W)`` or ``(H, W, C)`` uint8 background. A greyscale background gets
@@ -380,6 +405,11 @@ def paste_instances(
         min_visible_pixels: a pasted object with fewer visible pixels is skipped, a
             covered object left with fewer is dropped (untouched objects are kept as
             they are).
+        in_place: reuse the input arrays instead of copying them, for data pipelines
+            that own a freshly decoded sample: the image is painted directly, and when
+            ``target["masks"]`` is the leading rows of a larger ``(M, H, W)`` bool block
+            with room for the pasted masks (``CocoDetection(mask_reserve=...)``), the
+            pasted masks go into those rows. The inputs must not be used afterwards.
 
     Returns:
         ``(image, target)``: new arrays. The target gains ``"pasted"`` ``(N,)`` bool marking
@@ -392,7 +422,9 @@ def paste_instances(
             f"paste_instances: {len(instances)} instances but {len(placements)} placements."
         )
     was_2d = np.asarray(image).ndim == 2
-    canvas = as_hwc(image, what="background image").copy()
+    canvas = as_hwc(image, what="background image")
+    if not (in_place and canvas.flags.writeable and canvas.flags.c_contiguous):
+        canvas = canvas.copy()
     height, width, channels = canvas.shape
     target = _empty_target(target, height, width)
     in_labels = target["labels"]
@@ -421,8 +453,10 @@ def paste_instances(
     buf = None
     if has_masks:
         # One block for input and pasted masks: updated in place, returned without stacking.
-        buf = np.empty((n0 + len(instances), height, width), dtype=bool)
-        buf[:n0] = target["masks"]
+        buf = _spare_mask_rows(target["masks"], n0 + len(instances)) if in_place else None
+        if buf is None:
+            buf = np.empty((n0 + len(instances), height, width), dtype=bool)
+            buf[:n0] = target["masks"]
         buf[n0:] = False
     in_boxes = target.get("boxes")
     if has_masks:

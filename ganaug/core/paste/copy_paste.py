@@ -281,6 +281,8 @@ class CopyPaste:
         self.max_fraction = max_fraction
         self.prob = prob
         self.min_visible_pixels = min_visible_pixels
+        # Set by pipelines that own each decoded sample (see paste_instances(in_place=...)).
+        self.in_place = False
 
     def plan(
         self, rng: np.random.Generator, height: int, width: int
@@ -322,7 +324,8 @@ class CopyPaste:
     ) -> tuple[np.ndarray, dict]:
         """Paste onto ``image`` (``(H, W[, C])`` uint8) and return ``(image, target)``.
 
-        See :func:`paste_instances` for the target dict. The input is not modified.
+        See :func:`paste_instances` for the target dict. The input is not modified unless
+        ``self.in_place`` is set (then it is reused, see :func:`paste_instances`).
         """
         height, width = np.asarray(image).shape[:2]
         instances, placements = self.plan(rng, height, width)
@@ -335,4 +338,5 @@ class CopyPaste:
             sigma=self.sigma,
             occlusion_thresh=self.occlusion_thresh,
             min_visible_pixels=self.min_visible_pixels,
+            in_place=self.in_place,
         )

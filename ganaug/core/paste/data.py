@@ -44,6 +44,9 @@ class CocoDetection:
         ann_file: COCO instances JSON.
         image_dir: folder holding the images named in it.
         with_masks: decode instance masks (polygons / RLE) into ``target["masks"]``.
+        mask_reserve: allocate this many spare (uninitialised) mask rows after the
+            ``N`` decoded ones; ``target["masks"]`` is still ``(N, H, W)``. A copy-paste
+            with ``in_place`` writes its pasted masks there instead of copying all masks.
 
     Attributes:
         cat_ids: COCO category ids in contiguous order; label ``k`` is ``cat_ids[k - 1]``.
@@ -56,7 +59,11 @@ class CocoDetection:
         image_dir: str | os.PathLike,
         *,
         with_masks: bool = True,
+        mask_reserve: int = 0,
     ):
+        if mask_reserve < 0:
+            raise ValueError(f"CocoDetection: mask_reserve must be >= 0, got {mask_reserve}.")
+        self.mask_reserve = int(mask_reserve)
         self.coco = _quiet_coco(ann_file)
         self.image_dir = Path(image_dir)
         self.ids = sorted(self.coco.getImgIds())
@@ -104,7 +111,10 @@ class CocoDetection:
             "image_id": int(img_id),
         }
         if self.with_masks:
-            target["masks"] = np.asarray(masks, dtype=bool).reshape(-1, h, w)
+            block = np.empty((len(masks) + self.mask_reserve, h, w), dtype=bool)
+            for k, m in enumerate(masks):
+                block[k] = m
+            target["masks"] = block[: len(masks)]
         return image, target
 
 
