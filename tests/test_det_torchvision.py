@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -19,6 +20,7 @@ from ganaug.torchvision import (
     build_faster_rcnn,
     detector_parameters,
 )
+from ganaug.torchvision.builder import load_weights
 from ganaug.torchvision.engine import (
     _make_optimizers,
     evaluate,
@@ -314,6 +316,22 @@ def test_checkpoint_restores_every_network_and_optimizer(coco, tmp_path):
     got = train_step(fresh, images, targets, opt=f_opt, adv_opt=f_adv)
     for k in expected:
         assert got[k] == pytest.approx(expected[k], rel=1e-4, abs=1e-6), k
+
+    # The same file serves --eval-only / model.weights=..., read with weights_only=True.
+    np.random.seed(7)
+    saved = np.random.get_state()
+    path2 = save_checkpoint(
+        tmp_path / "ck2.pth", model=fresh, opt=f_opt, adv_opt=f_adv, sched=f_sched,
+        iteration=2, cfg={},
+    )  # fmt: skip
+    np.random.rand(5)
+    load_checkpoint(path2, model=fresh)
+    now = np.random.get_state()
+    assert np.array_equal(now[1], saved[1]) and now[2] == saved[2]  # numpy RNG restored
+    other = build_faster_rcnn(**kw)
+    load_weights(other, path2)
+    for (name, a), b in zip(fresh.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_untrained_model_evaluates_on_real_images(coco, tmp_path):

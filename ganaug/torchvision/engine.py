@@ -214,7 +214,9 @@ def save_checkpoint(path, *, model, opt, adv_opt, sched, iteration: int, cfg: di
         "cfg": cfg,
         "rng": {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            # Plain types, so `torch.load(weights_only=True)` (load_weights, --eval-only,
+            # model.weights=...) can read this file too.
+            "numpy": _numpy_state_plain(),
             "python": random.getstate(),
         },
     }
@@ -222,6 +224,11 @@ def save_checkpoint(path, *, model, opt, adv_opt, sched, iteration: int, cfg: di
     torch.save(state, tmp)
     os.replace(tmp, path)
     return path
+
+
+def _numpy_state_plain() -> tuple:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)
 
 
 def load_checkpoint(path, *, model, opt=None, adv_opt=None, sched=None) -> dict:
@@ -242,7 +249,8 @@ def load_checkpoint(path, *, model, opt=None, adv_opt=None, sched=None) -> dict:
     rng = state.get("rng")
     if rng:
         torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
         random.setstate(rng["python"])
     return state
 
