@@ -11,6 +11,7 @@ is initialised here, before the Runner, because mmengine's own launcher assumes 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import os.path as osp
 
@@ -43,6 +44,12 @@ def parse_args(argv=None):
     return args
 
 
+def _has_checkpoint(work_dir: str) -> bool:
+    return osp.isfile(osp.join(work_dir, "last_checkpoint")) or bool(
+        glob.glob(osp.join(work_dir, "*.pth"))
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
@@ -57,6 +64,12 @@ def main(argv=None):
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
     cfg.resume = args.resume
+    if args.resume and not cfg.get("load_from") and not _has_checkpoint(cfg.work_dir):
+        # mmengine would quietly start from scratch: a mistyped --work-dir must not do that.
+        raise SystemExit(
+            f"--resume: no checkpoint in work dir {cfg.work_dir!r} (no last_checkpoint or "
+            "*.pth). Check --work-dir, or drop --resume to start a new run."
+        )
     if cfg.resume or cfg.get("load_from"):
         # mmengine 0.10 checkpoints hold numpy arrays and its message hub, which torch >= 2.6
         # refuses under the default weights_only=True. You are loading your own checkpoint.
