@@ -355,6 +355,10 @@ def test_config_and_cli(tmp_path):
     assert cfg["data"]["val_images"] == "96:128"  # inherited from the base file
     with pytest.raises(KeyError, match="itters"):
         load_config(None, ["train.itters=5"])
+    with pytest.raises(KeyError, match="asdn_stage1_iter'.*in 'model'"):
+        load_config(config, ["model.asdn_stage1_iter=2"])  # typo'd builder argument
+    for path in sorted(CONFIGS.glob("*.yaml")):  # every shipped config passes the check
+        load_config(path)
     args = build_parser("det-train").parse_args(
         ["det-train", "--config", "x.yaml", "train.iters=3"]
     )

@@ -17,6 +17,7 @@ Config (YAML; ``_base_: other.yaml`` is merged under the file, paths relative to
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import os
@@ -113,8 +114,8 @@ _SLICE = re.compile(r"-?\d*:-?\d*")
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> dict:
     """Defaults, merged with the YAML file and then ``key.sub=value`` overrides (YAML values).
 
-    Unknown top-level sections or keys in ``data``/``train`` raise a ``KeyError`` naming
-    them (``model`` keys are checked by the builder).
+    Unknown top-level sections or keys in ``model``/``data``/``train`` raise a ``KeyError``
+    naming them.
     """
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
@@ -132,6 +133,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     for section in cfg:
         if section not in DEFAULTS:
             raise KeyError(f"config: unknown section {section!r}; known: {sorted(DEFAULTS)}")
+    if not isinstance(cfg.get("model"), dict):
+        raise ValueError(f"config {path}: 'model' must be a mapping, got {cfg.get('model')!r}")
+    # Model keys are the builder's keyword arguments (num_classes comes from the data).
+    model_keys = set(inspect.signature(build_faster_rcnn).parameters) - {"num_classes"}
+    unknown = set(cfg["model"]) - model_keys
+    if unknown:
+        raise KeyError(
+            f"config {path}: unknown keys {sorted(unknown)} in 'model'; known: {sorted(model_keys)}"
+        )
     for section in ("data", "train"):
         unknown = set(cfg[section]) - set(DEFAULTS[section])
         if unknown:
