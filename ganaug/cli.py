@@ -86,7 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except (OSError, ValueError, KeyError) as err:
+        # Bad input (a missing file, a wrong value, an unknown key): our messages name the
+        # file and the problem, so a traceback only helps when debugging (-v).
+        if args.verbose:
+            raise
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"ganaug {args.command}: error: {msg}", file=sys.stderr)
+        print("(run `ganaug -v ...` for the traceback)", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -36,3 +36,17 @@ def test_selected_command():
     assert _selected_command(["-v", "compare", "a", "b"]) == "compare"
     assert _selected_command(["--help"]) is None
     assert _selected_command(["nope", "compare"]) is None
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path, capsys):
+    from ganaug.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {variant: baseline, asdn_stage1_iter: 3}\n")
+    assert main(["det-train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ganaug det-train: error: config ") and "asdn_stage1_iter" in err
+    assert "Traceback" not in err
+    missing = tmp_path / "missing.yaml"
+    assert main(["det-train", "--config", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
