@@ -147,7 +147,9 @@ def test_bad_files_raise_clear_errors(tmp_path):
         ds[1]
     (tmp_path / "rgb.png").unlink()
     with pytest.raises(FileNotFoundError, match="rgb.png"):
-        ds[0]
+        ds[0]  # deleted after the dataset was built
+    with pytest.raises(FileNotFoundError, match=r"ann.json: 1 of the 3 images .*rgb.png"):
+        CocoDetectionDataset(image_dir=tmp_path, ann_file=ann)  # found at build time
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"images": []}))
     with pytest.raises(CocoFormatError, match="annotations"):

@@ -156,6 +156,18 @@ class CocoDetectionDataset(Dataset):
             )
         if not keep_empty:
             ids = [i for i in ids if per_image[i]]
+        # A missing image would otherwise surface only when a batch reaches it, maybe hours
+        # into a run: check the files of this split once (a stat per image).
+        absent = [
+            self._images[i].get("file_name", "?")
+            for i in ids
+            if not (self.image_dir / str(self._images[i].get("file_name", ""))).is_file()
+        ]
+        if absent:
+            raise FileNotFoundError(
+                f"{self.ann_file}: {len(absent)} of the {len(ids)} images of this split are not "
+                f"in {self.image_dir}, e.g. {absent[:5]}"
+            )
         self.ids = ids
         self._anns = per_image
         self._shape_warned = False
