@@ -93,7 +93,10 @@ class PasteDatasetMapper(DatasetMapper):
             annos = dataset_dict.get("annotations", [])
             crowd = [a for a in annos if a.get("iscrowd", 0)]
             target = annotations_to_target(annos, h, w)
-            image, target = self.copy_paste(image, target, rng=self._rng(dataset_dict))
+            # The image and target were made for this call only: paste into them.
+            image, target = self.copy_paste(
+                image, target, rng=self._rng(dataset_dict), in_place=True
+            )
             dataset_dict["annotations"] = crowd + target_to_annotations(
                 target,
                 with_masks=self.use_instance_mask and "masks" in target,

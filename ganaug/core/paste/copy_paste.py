@@ -320,12 +320,18 @@ class CopyPaste:
         return instances, placements
 
     def __call__(
-        self, image: np.ndarray, target: dict, *, rng: np.random.Generator
+        self,
+        image: np.ndarray,
+        target: dict,
+        *,
+        rng: np.random.Generator,
+        in_place: bool | None = None,
     ) -> tuple[np.ndarray, dict]:
         """Paste onto ``image`` (``(H, W[, C])`` uint8) and return ``(image, target)``.
 
         See :func:`paste_instances` for the target dict. The input is not modified unless
-        ``self.in_place`` is set (then it is reused, see :func:`paste_instances`).
+        ``in_place`` (default ``self.in_place``) is set: then it is reused, see
+        :func:`paste_instances`.
         """
         height, width = np.asarray(image).shape[:2]
         instances, placements = self.plan(rng, height, width)
@@ -338,5 +344,5 @@ class CopyPaste:
             sigma=self.sigma,
             occlusion_thresh=self.occlusion_thresh,
             min_visible_pixels=self.min_visible_pixels,
-            in_place=self.in_place,
+            in_place=self.in_place if in_place is None else in_place,
         )
