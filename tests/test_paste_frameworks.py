@@ -254,7 +254,7 @@ def test_detectron2_paste_mapper(coco128_dir, tmp_path):
     assert "instances" not in PasteDatasetMapper(cfg, False)(dicts[0])
 
 
-def test_paste_learn_offline_cli(tmp_path, coco128_dir, monkeypatch):
+def test_paste_learn_offline_cli(tmp_path, coco128_dir, monkeypatch, capsys):
     """`ganaug paste-learn`: offline steps against a saved detector, atomic COCO export."""
     from ganaug.cli import main
     from ganaug.torchvision import build_faster_rcnn
@@ -273,8 +273,11 @@ def test_paste_learn_offline_cli(tmp_path, coco128_dir, monkeypatch):
     assert manifest["num_objects"] == len(coco["annotations"]) >= 2
     assert not (tmp_path / ".synth.partial").exists()
     assert (tmp_path / "synth_synthesizer.pth").is_file()
+    # A checkpoint of another architecture: one error line (the traceback only with -v).
+    assert main(argv[:2] + ["mobilenet"] + argv[3:]) == 2
+    assert "ganaug paste-learn: error: Detector checkpoint" in capsys.readouterr().err
     with pytest.raises(ValueError, match="does not fit"):
-        main(argv[:2] + ["mobilenet"] + argv[3:])
+        main(["-v"] + argv[:2] + ["mobilenet"] + argv[3:])
 
 
 def test_learned_online_step_with_detectron2(coco_small):
