@@ -65,17 +65,27 @@ PRESETS = {
 ROWS = [
     ("baseline", "baseline", {}),
     ("pgan", "pgan", {}),
-    ("asdn (stage 2)", "asdn", {"asdn_stage1_iters": 0}),
+    ("asdn (stage 2)", "asdn", {"asdn_stage1_iters": 0}),  # default: no ckpt for ASDN
+    ("asdn (stage 2, ckpt)", "asdn", {"asdn_stage1_iters": 0, "adversary_checkpoint": True}),
     ("astn", "astn", {}),
-    ("asdn+astn (stage 2)", "asdn+astn", {"asdn_stage1_iters": 0}),
+    ("asdn+astn (stage 2)", "asdn+astn", {"asdn_stage1_iters": 0}),  # default: ckpt astn
     ("asdn (stage 1)", "asdn", {"asdn_stage1_iters": 10**9}),
     # The same adversaries keeping their activations (no checkpointing): faster, more memory.
-    ("asdn (stage 2, no ckpt)", "asdn", {"asdn_stage1_iters": 0, "adversary_checkpoint": False}),
     ("astn (no ckpt)", "astn", {"adversary_checkpoint": False}),
     (
         "asdn+astn (stage 2, no ckpt)",
         "asdn+astn",
         {"asdn_stage1_iters": 0, "adversary_checkpoint": False},
+    ),
+    (
+        "asdn+astn (stage 2, ckpt both)",
+        "asdn+astn",
+        {"asdn_stage1_iters": 0, "adversary_checkpoint": True},
+    ),
+    (
+        "asdn+astn (stage 2, ckpt asdn only)",
+        "asdn+astn",
+        {"asdn_stage1_iters": 0, "adversary_checkpoint": "asdn"},
     ),
 ]
 
