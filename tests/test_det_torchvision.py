@@ -387,6 +387,14 @@ def test_slices_stay_strings_and_builder_options(tmp_path):
     model = build_faster_rcnn(num_classes=3, **r50_cfg["model"])
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 512
     assert model.roi_heads.box_head.fc6.out_features == 1024
+    # Which adversary recomputes its activations in the backward pass.
+    for ckpt, want in (("astn", (False, True)), ("asdn", (True, False)), (True, (True, True))):
+        heads = build_faster_rcnn(
+            num_classes=3, variant="asdn+astn", adversary_checkpoint=ckpt, **TINY
+        ).roi_heads
+        assert (heads.asdn.checkpoint, heads.astn.loc_checkpoint) == want, ckpt
+    with pytest.raises(ValueError, match="adversary_checkpoint must be"):
+        build_faster_rcnn(num_classes=3, variant="asdn", adversary_checkpoint="both", **TINY)
 
 
 def test_eval_period_logs_history_without_changing_training(tmp_path):
