@@ -289,29 +289,14 @@ def test_mmengine_training_checkpoint_and_resume(tmp_path, camvid_dir, one_threa
     # mmengine 0.10 checkpoints pickle its log buffers, which torch>=2.6 refuses under the
     # default weights_only=True; tools/train.py --resume sets the same switch.
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    from pathlib import Path
 
-    from mmengine.config import Config
     from mmengine.runner import Runner
 
-    cfg_path = (
-        Path(__file__).parents[1] / "configs/pix2pixhd/pix2pixhd-slim_1xb4-1000it_camvid-120x160.py"
-    )
-
     def make_cfg(iters, resume):
-        cfg = Config.fromfile(str(cfg_path))
-        cfg.work_dir = str(tmp_path / "work")
-        cfg.train_cfg.max_iters = iters
-        cfg.train_dataloader.batch_size = 2
-        cfg.train_dataloader.num_workers = 0
-        cfg.train_dataloader.persistent_workers = False
-        cfg.train_dataloader.dataset.data_root = str(camvid_dir)
-        cfg.train_dataloader.dataset.indices = 4
-        cfg.model.overrides = dict(ngf=8, n_blocks=1, ndf=8)
-        cfg.default_hooks.checkpoint.interval = 2
-        cfg.default_hooks.logger.interval = 1
+        cfg = _small_runner_cfg(
+            tmp_path, camvid_dir, iters=iters, resume=resume, size_hw=(120, 160)
+        )
         cfg.custom_hooks = [dict(type="Pix2PixHDSampleHook", interval=2, num_samples=2)]
-        cfg.resume = resume
         return cfg
 
     runner = Runner.from_cfg(make_cfg(2, False))

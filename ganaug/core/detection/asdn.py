@@ -276,16 +276,22 @@ def asdn_adversarial_rois(
     if not occluded_loss.numel():
         return torch.zeros(0, dtype=torch.long, device=occluded_loss.device)
     occluded_loss = occluded_loss.detach()
+    reference = _loss_reference(occluded_loss, clean_loss, "asdn_adversarial_rois")
+    return torch.where(occluded_loss > reference)[0]
+
+
+def _loss_reference(
+    occluded_loss: torch.Tensor, clean_loss: torch.Tensor | None, caller: str
+) -> torch.Tensor:
+    """The loss a ROI's occluded loss must exceed: its clean loss, else the batch median."""
     if clean_loss is None:
-        reference = occluded_loss.median()
-    elif clean_loss.shape != occluded_loss.shape:
+        return occluded_loss.detach().median()
+    if clean_loss.shape != occluded_loss.shape:
         raise ValueError(
-            f"asdn_adversarial_rois: clean_loss {tuple(clean_loss.shape)} and occluded_loss "
+            f"{caller}: clean_loss {tuple(clean_loss.shape)} and occluded_loss "
             f"{tuple(occluded_loss.shape)} must both be (N,)"
         )
-    else:
-        reference = clean_loss.detach()
-    return torch.where(occluded_loss > reference)[0]
+    return clean_loss.detach()
 
 
 def asdn_adversarial_loss(
@@ -318,15 +324,7 @@ def asdn_adversarial_loss(
         )
     if not logits.numel():
         return logits.sum()
-    if clean_loss is None:
-        reference = occluded_loss.detach().median()
-    elif clean_loss.shape != occluded_loss.shape:
-        raise ValueError(
-            f"asdn_adversarial_loss: clean_loss {tuple(clean_loss.shape)} and occluded_loss "
-            f"{tuple(occluded_loss.shape)} must both be (N,)"
-        )
-    else:
-        reference = clean_loss.detach()
+    reference = _loss_reference(occluded_loss, clean_loss, "asdn_adversarial_loss")
     weight = (occluded_loss.detach() > reference).to(logits.dtype)
     if not bool(weight.any()):
         return logits.sum() * 0.0
