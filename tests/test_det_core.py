@@ -101,6 +101,22 @@ def test_small_large_routing_by_area():
     torch.testing.assert_close(out2[small], out[small])
 
 
+def test_pgan_enhance_in_place():
+    pgan = PerceptualGAN(in_channels=8)
+    _perturb(pgan)
+    feats = torch.randn(5, 8, 7, 7)
+    small = torch.tensor([True, False, True, False, False])
+    with torch.no_grad():
+        copied = pgan.enhance(feats, small)
+        stack = feats.clone()
+        out = pgan.enhance(stack, small, inplace=True)
+    assert out is stack
+    torch.testing.assert_close(out, copied)
+    assert torch.equal(copied[~small], feats[~small])  # the copying path left feats alone
+    with pytest.raises(ValueError, match="inplace=True"):
+        pgan.enhance(feats.clone().requires_grad_(), small, inplace=True)
+
+
 def test_pgan_fine_features_change_the_output():
     gen = PerceptualGenerator(in_channels=8, fine_channels=4)
     _perturb(gen)

@@ -300,9 +300,9 @@ def test_pgan_small_area_in_original_pixels(batch, reference, monkeypatch):
     seen = []
     enhance = head.pgan.enhance
 
-    def spy(features, small, fine_features=None):
+    def spy(features, small, fine_features=None, **kwargs):
         seen.append(small.clone())
-        return enhance(features, small, fine_features)
+        return enhance(features, small, fine_features, **kwargs)
 
     monkeypatch.setattr(head.pgan, "enhance", spy)
     with torch.no_grad():
@@ -310,6 +310,57 @@ def test_pgan_small_area_in_original_pixels(batch, reference, monkeypatch):
     want = [True, False, True, False] if reference == "original" else [True] * 4
     assert seen[0].tolist() == want
     assert head._original_sizes is None  # cleared after the forward
+
+
+def test_pgan_fine_pooling_and_inplace_inference(batch, monkeypatch):
+    """The fine level is pooled for the small proposals only, and equals pooling every
+    proposal then selecting; inference writes the generated rows in place (no_grad) and
+    gives the same detections as the copying path (eval with autograd on)."""
+    from detectron2.structures import Boxes, Instances
+
+    torch.manual_seed(0)
+    cfg = _cfg("pgan", "MODEL.GANAUG.PGAN.FINE_FEATURE", "p2")
+    model = gd.GanaugTrainer.build_model(cfg).eval()
+    model.proposal_generator = None
+    head = model.roi_heads
+    with torch.no_grad():
+        head.pgan.generator.out.weight.normal_(std=0.1)  # no longer the identity
+    inputs = []
+    for b in batch:
+        h, w = b["image"].shape[-2:]
+        to_input = ((h * w) / (b["height"] * b["width"])) ** 0.5
+        sides = (20, 31, 33, 200)  # original pixels: small, small, large, large
+        boxes = [[5.0 + i, 8.0, 5.0 + i + s * to_input, 8.0 + s * to_input]
+                 for i, s in enumerate(sides)]  # fmt: skip
+        props = Instances((h, w))
+        props.proposal_boxes = Boxes(torch.tensor(boxes))
+        props.objectness_logits = torch.zeros(len(sides))
+        inputs.append({"image": b["image"], "height": b["height"], "width": b["width"],
+                       "proposals": props})  # fmt: skip
+    calls = []
+    pool = head.fine_pooler.forward
+
+    def spy(x, boxes):
+        out = pool(x, boxes)
+        every = pool(x, [p.proposal_boxes for p in proposals])
+        calls.append((sum(len(b) for b in boxes), out, every))
+        return out
+
+    proposals = [i["proposals"] for i in inputs]
+    monkeypatch.setattr(head.fine_pooler, "forward", spy)
+    with torch.no_grad():
+        in_place = model(inputs)
+    (n_small, fine, every), = calls
+    assert n_small == 2 * len(inputs)
+    small = torch.tensor([True, True, False, False] * len(inputs))
+    torch.testing.assert_close(fine, every[small])
+    model.eval()
+    with torch.enable_grad():
+        copied = model(inputs)
+    for x, y in zip(in_place, copied):
+        x, y = x["instances"], y["instances"]
+        assert len(x) == len(y)
+        torch.testing.assert_close(x.scores, y.scores.detach())
 
 
 def test_empty_proposals_and_no_foreground(batch):

@@ -251,6 +251,7 @@ def test_pgan_runs_at_inference_on_small_proposals_only(coco):
     torch.manual_seed(0)
     model = build_faster_rcnn(num_classes=coco.num_classes, variant="pgan", **TINY)
     heads = model.roi_heads.eval()
+    heads.score_thresh = 0.0  # keep every detection for the comparison below
     with torch.no_grad():
         heads.pgan.generator.out.weight.normal_()
     inputs = []
@@ -262,10 +263,17 @@ def test_pgan_runs_at_inference_on_small_proposals_only(coco):
         dtype=torch.float32,
     )
     with torch.no_grad():
-        heads(feats, [boxes], [(128, 128)])
+        in_place, _ = heads(feats, [boxes], [(128, 128)])
         pooled = heads.box_roi_pool(feats, [boxes], [(128, 128)])
     assert len(inputs) == 1 and inputs[0].shape[0] == 3  # boxes 0, 2 and 4 are small
     torch.testing.assert_close(inputs[0], pooled[[0, 2, 4]])
+    # Under no_grad the generated rows are written into the pooled stack; with autograd on
+    # (eval mode) into a copy: the same detections.
+    with torch.enable_grad():
+        copied, _ = heads(feats, [boxes], [(128, 128)])
+    assert len(in_place[0]["scores"])
+    for key in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(in_place[0][key], copied[0][key].detach())
     # Through the full model the resize factor is applied (see GanaugFasterRCNN).
     inputs.clear()
     model.eval()
@@ -433,7 +441,7 @@ def test_asdn_after_astn_trains_on_recomputed_rotated_features(coco):
     heads = model.roi_heads
     with torch.no_grad():
         heads.astn.angle.weight.normal_(std=0.1)
-        heads.astn.angle.bias.fill_(0.1)
+        heads.astn.angle.bias.fill_(0.3)
     rotated, asdn_inputs = [], []
     heads.astn.register_forward_hook(lambda m, i, o: rotated.append(o[0].detach().clone()))
     heads.asdn.register_forward_hook(lambda m, i, o: asdn_inputs.append(i[0].detach().clone()))

@@ -263,16 +263,24 @@ class PerceptualGANROIHeads(_GanaugHeadMixin, StandardROIHeads):
         """Pooled features, the same with small proposals enhanced, and the small mask.
 
         Shape:
-            - output: two ``(N, C, S, S)`` and ``(N,)`` bool, N = all proposals
+            - output: two ``(N, C, S, S)`` and ``(N,)`` bool, N = all proposals; at
+              inference the first is None (the stack was enhanced in place)
         """
         feats = [features[f] for f in self.box_in_features]
         pooled = self.box_pooler(feats, proposal_boxes)
         small = self._small_mask(proposal_boxes)
         fine = None
         if self.fine_pooler is not None and bool(small.any()):
-            # Pool all boxes then select: ROIPooler wants per-image Boxes lists.
-            fine = self.fine_pooler([features[self.fine_feature]], proposal_boxes)[small]
-        return pooled, self.pgan.enhance(pooled, small, fine), small
+            # Only the small boxes, per image (ROIPooler wants per-image Boxes lists): at
+            # inference most of the ~1000 proposals per image are not small.
+            counts = [len(b) for b in proposal_boxes]
+            small_boxes = [b[m] for b, m in zip(proposal_boxes, small.split(counts))]
+            fine = self.fine_pooler([features[self.fine_feature]], small_boxes)
+        if self.training:
+            return pooled, self.pgan.enhance(pooled, small, fine), small
+        # Inference: nothing else reads the pooled stack, the generated rows go into it.
+        enhanced = self.pgan.enhance(pooled, small, fine, inplace=not torch.is_grad_enabled())
+        return None, enhanced, small
 
     def _forward_box(self, features, proposals):
         proposal_boxes = [p.proposal_boxes for p in proposals]

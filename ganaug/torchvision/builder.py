@@ -128,10 +128,12 @@ def build_faster_rcnn(
     asdn_drop_fraction: float = 1.0 / 3.0,
     asdn_sample: bool = True,
     asdn_stage1_max_rois: int = 32,
+    asdn_hidden: int | None = None,
     astn_groups: int = 4,
     astn_max_angle: float = 10.0,
+    astn_hidden: int | None = None,
     adversary_chunk_size: int = 64,
-    adversary_checkpoint: bool | str = "astn",
+    adversary_checkpoint: bool | str = False,
     weights: str | os.PathLike | None = None,
 ) -> GanaugFasterRCNN:
     """Faster R-CNN (FPN) with the baseline or a ganaug ROI head, randomly initialised.
@@ -150,17 +152,20 @@ def build_faster_rcnn(
         roi_size: ``S`` of the pooled ROI features.
         small_area: PGAN small/large threshold in original pixels.
         pgan_fine: give the PGAN generator the finest FPN level of each small ROI.
-        pgan_gen_hidden: width of the generator's residual branch (default: half the ROI
-            channels).
+        pgan_gen_hidden: width of the generator's residual branch (default: a quarter of
+            the ROI channels: 16 on the tiny backbone, 64 on ResNet-FPN).
+        asdn_hidden, astn_hidden: width of ASDN's convolutions and of ASTN's localisation
+            network (default: half the ROI channels, at most 64, i.e. 32 on the tiny
+            backbone and 64 on ResNet-FPN; on the tiny backbone the 64-wide nets cost more
+            per ROI than the box head, see docs/readme/detection.md).
         adversary_chunk_size: ROIs per call of the ASDN and ASTN networks (bounds the
             temporaries of their convolutions; 0: all ROIs at once).
         adversary_checkpoint: recompute ASDN's and ASTN's activations in the backward
-            pass instead of keeping them (about 0.1x less peak memory on the tiny
-            configuration for one more forward of these networks; see
-            docs/readme/detection.md). ``"asdn"`` or ``"astn"``: only that network. The
-            default ``"astn"`` recomputes only ASTN's localisation net, whose kept
-            activations set the peak; ASDN's do not (measured), so recomputing them only
-            costs time.
+            pass instead of keeping them (less peak memory for one more forward of these
+            networks; see docs/readme/detection.md). ``"asdn"`` or ``"astn"``: only that
+            network. Default False: with the default widths the kept activations are small
+            (tiny backbone: 1.15x the baseline's peak for both adversaries, within the 1.2x
+            target) and recomputing them costs time.
         weights: path of a state dict saved from a model of the same configuration (a
             ganaug checkpoint's ``"model"`` entry is accepted too).
 
@@ -215,26 +220,32 @@ def build_faster_rcnn(
                 fine_channels=channels if pgan_fine else 0,
                 small_area=small_area,
                 gen_blocks=pgan_gen_blocks,
-                # Half the ROI width keeps the generator cheap next to a small backbone,
-                # where it runs on hundreds of small proposals per image.
-                gen_hidden=pgan_gen_hidden or max(channels // 2, 1),
+                # A quarter of the ROI width keeps the generator cheap: it runs on every
+                # small proposal at inference too (hundreds per image), see
+                # docs/readme/detection.md.
+                gen_hidden=pgan_gen_hidden or max(channels // 4, 1),
             )
             kwargs["pgan_adv_weight"] = pgan_adv_weight
             if pgan_fine:
+                # One sample per bin: a small ROI spans only a few cells of the finest
+                # level, so 2 x 2 samples per bin would re-read the same cells (and
+                # torchvision's CPU RoIAlign makes this the generator's largest cost).
                 kwargs["fine_roi_pool"] = MultiScaleRoIAlign(
-                    ["0"], output_size=roi_size, sampling_ratio=2
+                    ["0"], output_size=roi_size, sampling_ratio=1
                 )
         if adversary_checkpoint not in (True, False, "asdn", "astn"):
             raise ValueError(
                 "adversary_checkpoint must be true, false, 'asdn' or 'astn', got "
                 f"{adversary_checkpoint!r}"
             )
+        adv_hidden = min(64, max(channels // 2, 8))
         ckpt_asdn = adversary_checkpoint in (True, "asdn")
         ckpt_astn = adversary_checkpoint in (True, "astn")
         if "asdn" in variant:
             kwargs.update(
                 asdn=ASDN(
                     in_channels=channels,
+                    hidden_channels=asdn_hidden or adv_hidden,
                     chunk_size=adversary_chunk_size,
                     checkpoint=ckpt_asdn,
                 ),
@@ -248,6 +259,7 @@ def build_faster_rcnn(
                 in_channels=channels,
                 num_groups=astn_groups,
                 max_angle=astn_max_angle,
+                hidden_channels=astn_hidden or adv_hidden,
                 loc_chunk_size=adversary_chunk_size,
                 loc_checkpoint=ckpt_astn,
             )

@@ -169,7 +169,7 @@ class GanaugRoIHeads(RoIHeads):
             return torch.zeros(0, dtype=torch.bool)
         return torch.cat(masks)
 
-    def _enhance_small(self, pooled, features, proposals, image_shapes):
+    def _enhance_small(self, pooled, features, proposals, image_shapes, inplace=False):
         small = self._small_mask(proposals, image_shapes).to(pooled.device)
         fine = None
         if self.fine_roi_pool is not None and bool(small.any()):
@@ -177,7 +177,7 @@ class GanaugRoIHeads(RoIHeads):
             small_per_image = small.split(counts)
             small_props = [p[m] for p, m in zip(proposals, small_per_image)]
             fine = self.fine_roi_pool(features, small_props, image_shapes)
-        return self.pgan.enhance(pooled, small, fine), small
+        return self.pgan.enhance(pooled, small, fine, inplace=inplace), small
 
     def _stage1_targets(self, pooled: torch.Tensor, labels: torch.Tensor):
         fg = torch.where(labels > 0)[0][: self.asdn_stage1_max_rois]
@@ -211,7 +211,11 @@ class GanaugRoIHeads(RoIHeads):
         if not self.training:
             pooled = self.box_roi_pool(features, proposals, image_shapes)
             if self.pgan is not None and pooled.shape[0]:
-                pooled, _ = self._enhance_small(pooled, features, proposals, image_shapes)
+                # Nothing else reads the pooled stack: the generated rows go into it.
+                inplace = not torch.is_grad_enabled()
+                pooled, _ = self._enhance_small(
+                    pooled, features, proposals, image_shapes, inplace=inplace
+                )
             class_logits, box_regression = self._predict(pooled)
             boxes, scores, labels = self.postprocess_detections(
                 class_logits, box_regression, proposals, image_shapes

@@ -29,7 +29,9 @@ def run_in_chunks(
     n = x.shape[0]
     grad = torch.is_grad_enabled()
     ckpt = checkpoint_chunks and grad
-    if n == 0 or not chunk_size or (n <= chunk_size and not ckpt):
+    if n == 0 or not chunk_size or not grad or (n <= chunk_size and not ckpt):
+        # Without gradients a call keeps nothing for a backward pass: the chunks would
+        # only add calls.
         return fn(x)
     pieces = []
     for i in range(0, n, chunk_size):

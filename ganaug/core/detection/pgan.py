@@ -95,6 +95,10 @@ class _ResBlock(nn.Module):
 class PerceptualGenerator(nn.Module):
     """Residual generator: ``out = features + R(features, fine_features)``.
 
+    ``R``: a 1x1 convolution fusing the coarse and fine features to ``hidden_channels``,
+    ``num_blocks`` residual blocks of two 3x3 convolutions, and a 1x1 convolution back to
+    ``C`` channels.
+
     Args:
         in_channels: channels ``C`` of the pooled ROI features.
         fine_channels: channels of the finer-level ROI features, 0 when the host has none.
@@ -127,7 +131,10 @@ class PerceptualGenerator(nn.Module):
         hidden = hidden_channels or in_channels
         self.in_channels = in_channels
         self.fine_channels = fine_channels
-        self.stem = nn.Conv2d(in_channels + fine_channels, hidden, 3, padding=1)
+        # A 1x1 fusion of the coarse and fine features: the residual blocks' 3x3 convolutions
+        # supply the spatial context, and a 3x3 stem over C + C_f channels would cost as
+        # much as both blocks (the generator runs on every small proposal at inference).
+        self.stem = nn.Conv2d(in_channels + fine_channels, hidden, 1)
         self.blocks = nn.Sequential(*[_ResBlock(hidden) for _ in range(num_blocks)])
         self.out = nn.Conv2d(hidden, in_channels, 1)
         nn.init.zeros_(self.out.weight)
@@ -295,6 +302,8 @@ class PerceptualGAN(nn.Module):
         features: torch.Tensor,
         small: torch.Tensor,
         fine_features: torch.Tensor | None = None,
+        *,
+        inplace: bool = False,
     ) -> torch.Tensor:
         """Replace the features of small ROIs by the generator's output.
 
@@ -303,6 +312,9 @@ class PerceptualGAN(nn.Module):
             small: bool mask of the small ROIs.
             fine_features: finer-level features of the *small* ROIs only (in the order of
                 ``features[small]``), or None.
+            inplace: write the generated rows into ``features`` itself instead of a copy
+                (for inference, where the caller no longer needs the original rows: saves
+                copying the whole ROI stack). Refused when autograd records ``features``.
 
         Shape:
             - features: ``(N, C, S, S)``
@@ -318,8 +330,13 @@ class PerceptualGAN(nn.Module):
             )
         if not bool(small.any()):
             return features
+        if inplace and features.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "PerceptualGAN.enhance: inplace=True on features that autograd records; "
+                "use it under torch.no_grad() (inference)"
+            )
         generated = self.generator(features[small], fine_features)
-        out = features.clone()
+        out = features if inplace else features.clone()
         out[small] = generated
         return out
 
