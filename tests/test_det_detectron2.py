@@ -350,7 +350,7 @@ def test_pgan_fine_pooling_and_inplace_inference(batch, monkeypatch):
     monkeypatch.setattr(head.fine_pooler, "forward", spy)
     with torch.no_grad():
         in_place = model(inputs)
-    (n_small, fine, every), = calls
+    ((n_small, fine, every),) = calls
     assert n_small == 2 * len(inputs)
     small = torch.tensor([True, True, False, False] * len(inputs))
     torch.testing.assert_close(fine, every[small])

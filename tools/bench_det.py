@@ -234,6 +234,7 @@ def bench(model_kwargs: dict, args, device) -> dict:
         # must not count as the step's memory.
         for name in models:
             step(name, 0)
+
     # Inference first, before any training step: every model still has the same detector
     # weights (PGAN's generator is the identity it starts as), so all send the same
     # proposals and detections to NMS and the ratio is the head's own extra work. Timed
