@@ -4,8 +4,10 @@ For each model size (``tiny``: configs/detectron2/coco128_tiny_*.yaml, ResNet-18
 64-channel FPN; ``r50``: detectron2's Faster R-CNN R50-FPN 1x, random init, 512 sampled
 ROIs per image) every head starts from the same detector weights and trains on the same
 coco128 batches (mapped once by detectron2's ``DatasetMapper``, flip off). Steps are
-interleaved (round r runs every head once, after one warm-up round) and the median over
-rounds is reported:
+interleaved (round r runs every head once on batch r, each round starting at a different
+head, after one warm-up round); each head runs ``--repeats`` times per batch and the
+fastest is kept; times are medians over rounds, ratios are totals over rounds divided by
+the baseline's:
 
 * train step: what ``SimpleTrainer.run_step`` does (forward, one backward, the adversary
   hook's Adam step, the detector's SGD step), in CPU seconds of this process (on a shared
@@ -24,10 +26,10 @@ stage-1 row (sliding-window search). Targets (issue 3): ASDN, ASTN, both <= 1.25
 train step, PGAN <= 1.4x; peak memory <= 1.2x; inference unchanged for ASDN/ASTN, <= 1.1x
 for PGAN.
 
-Example (the numbers in docs/readme/detectron2.md; a quiet machine, both CPU slots)::
+Example (the numbers in docs/readme/detectron2.md; a quiet machine)::
 
-    /work/heavy --both python tools/bench_d2.py --models tiny r50 --out outputs/d2_bench.json
-    /work/heavy --both python tools/bench_d2.py --infer-only --heads baseline pgan --rounds 5
+    python tools/bench_d2.py --models tiny r50 --rounds 3 --repeats 2 --out outputs/d2_bench.json
+    python tools/bench_d2.py --infer-only --heads baseline pgan --rounds 5
 """
 
 from __future__ import annotations

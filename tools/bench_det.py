@@ -27,7 +27,7 @@ Explicit options (``--min-size`` ...) override the preset's values.
 
 Example::
 
-    /work/heavy --both python tools/bench_det.py --preset tiny r50 --out work_dirs/det/bench
+    python tools/bench_det.py --preset tiny r50 --out work_dirs/det/bench
 """
 
 from __future__ import annotations
@@ -351,7 +351,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--mem-only",
         action="store_true",
-        help="peak memory only (deterministic: needs no quiet machine, one heavy slot)",
+        help="peak memory only (deterministic: needs no quiet machine)",
     )
     p.add_argument(
         "--breakdown", action="store_true", help="log the ops at each variant's memory peak (CPU)"

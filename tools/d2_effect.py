@@ -10,8 +10,8 @@ resumes and several invocations (one per CPU slot, e.g. one per seed) can share 
 
 Example (the numbers in docs/readme/detectron2.md)::
 
-    /work/heavy python tools/d2_effect.py --seeds 0 --out outputs/d2_effect &
-    /work/heavy python tools/d2_effect.py --seeds 1 --out outputs/d2_effect &
+    python tools/d2_effect.py --seeds 0 --out outputs/d2_effect &
+    python tools/d2_effect.py --seeds 1 --out outputs/d2_effect &
     python tools/d2_effect.py --table --seeds 0 1 --out outputs/d2_effect
 """
 

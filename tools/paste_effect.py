@@ -16,7 +16,7 @@ mean ± std over seeds, is written as a Markdown table, a JSON file, one
 
     nice -n 10 .venv/bin/python tools/paste_effect.py --iters 200 --seeds 0 1 \
         --out outputs/paste_effect
-    /work/heavy .venv/bin/python tools/paste_effect.py --dataset magnetic-tile \
+    .venv/bin/python tools/paste_effect.py --dataset magnetic-tile \
         --methods baseline random imbalance --iters 300 --size 128 128 \
         --out outputs/paste_mt
 """
