@@ -1,8 +1,10 @@
 """Cost of the ganaug detection heads relative to the baseline head, measured in one run.
 
 Every variant starts from the same detector weights and trains on the same coco128
-batches; steps are interleaved (round r runs every variant once) so that load changes on
-a shared machine hit all variants alike, and the median over rounds is reported.
+batches; steps are interleaved (round r runs every variant on batch r, each round starting
+at a different variant) so that load changes hit all variants alike; each variant runs
+``--repeats`` times per batch and the fastest is kept. Times are medians over rounds;
+ratios are a variant's total over the rounds divided by the baseline's.
 
 * train step: forward + backward + optimizer steps (detector and adversaries), seconds;
 * peak memory: the peak of tensor bytes allocated *during* one train step (activations,
