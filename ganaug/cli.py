@@ -78,7 +78,15 @@ def _unavailable(name: str, err: Exception):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_selected_command(argv))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse stops filling a positional list (the overrides) at the first option, so
+        # `--config C a.b=1 --out-dir D c.d=2` leaves `c.d=2` over: overrides may come
+        # anywhere, like in the frameworks' own tools.
+        if hasattr(args, "opts") and all("=" in e and not e.startswith("-") for e in extra):
+            args.opts = [*(args.opts or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -109,6 +109,7 @@ def _write_bad_coco(tmp_path):
             {"id": 14, "image_id": 2, "bbox": [1, 1, 8, 8], "category_id": 3},
             {"id": 15, "image_id": 2, "bbox": [1, 1, 8, 8], "category_id": 99},  # unknown cat
             {"id": 16, "image_id": 2, "bbox": [-3, -3, 8, 8], "category_id": 7},  # outside
+            {"id": 17, "image_id": 2, "bbox": [1, float("nan"), 8, 8], "category_id": 7},  # NaN
         ],
     }
     ann = tmp_path / "ann.json"
@@ -127,6 +128,7 @@ def test_bad_boxes_are_clipped_or_dropped_with_one_warning_each(tmp_path, caplog
     assert sum("dropped" in m and "side" in m for m in messages) == 1
     assert any("category_id not in" in m for m in messages)
     assert any("crowd" in m for m in messages)
+    assert any("1 boxes with a NaN or infinite coordinate, dropped" in m for m in messages)
 
     assert ds.class_names == ["dog", "cat"]  # sorted by COCO id: dog 3 -> 1, cat 7 -> 2
     img, t = ds[0]
@@ -456,3 +458,97 @@ def test_asdn_after_astn_trains_on_recomputed_rotated_features(coco):
     assert 0 < len(trained) <= len(clean) // 2 + 1
     dist = torch.cdist(trained, clean, compute_mode="donot_use_mm_for_euclid_dist")
     assert dist.min(dim=1).values.max() < 1e-4
+
+
+def test_bad_model_settings_weights_and_checkpoints_fail_naming_the_file(coco, tmp_path):
+    for key, value in (("asdn_hidden", 0), ("astn_hidden", -1), ("pgan_gen_hidden", 0)):
+        with pytest.raises(ValueError, match=f"{key} must be a positive integer"):
+            build_faster_rcnn(num_classes=3, variant="asdn+astn", **{**TINY, key: value})
+    with pytest.raises(ValueError, match="asdn_drop_fraction must be in"):
+        build_faster_rcnn(num_classes=3, variant="asdn", asdn_drop_fraction=2, **TINY)
+    with pytest.raises(ValueError, match="asdn_stage1_iters >= 0"):
+        build_faster_rcnn(num_classes=3, variant="asdn", **{**TINY, "asdn_stage1_iters": -5})
+
+    model = build_faster_rcnn(num_classes=3, variant="pgan", **TINY)
+    text, empty, listed = tmp_path / "notes.pth", tmp_path / "empty.pth", tmp_path / "list.pth"
+    text.write_text("not a checkpoint")
+    empty.write_bytes(b"")
+    torch.save([1, 2], listed)
+    for path in (text, empty):
+        with pytest.raises(ValueError, match=f"weights {path}: not a PyTorch state dict"):
+            load_weights(model, path)
+        with pytest.raises(ValueError, match=f"checkpoint {path}: not a ganaug checkpoint"):
+            load_checkpoint(path, model=model)
+    with pytest.raises(ValueError, match="expected a state dict .* got list"):
+        load_weights(model, listed)
+    with pytest.raises(ValueError, match="is a directory"):
+        load_weights(model, tmp_path)
+    # Same keys, other shapes (another FPN width): named as a configuration mismatch.
+    wide = build_faster_rcnn(num_classes=3, variant="pgan", **{**TINY, "fpn_channels": 16})
+    opt, adv_opt, sched = _make_optimizers(wide, TRAIN_CFG)
+    ck = save_checkpoint(
+        tmp_path / "wide.pth", model=wide, opt=opt, adv_opt=adv_opt, sched=sched,
+        iteration=1, cfg={},
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="do not fit this model .another configuration"):
+        load_weights(model, ck)
+    # A checkpoint of another variant, resumed: missing keys, named as such.
+    asdn = build_faster_rcnn(num_classes=3, variant="asdn", **{**TINY, "fpn_channels": 16})
+    with pytest.raises(ValueError, match="does not fit this config's model"):
+        load_checkpoint(ck, model=asdn)
+
+
+def test_det_train_config_values_selections_eval_only_and_intermixed_cli(tmp_path, monkeypatch):
+    import ganaug.torchvision.engine as engine
+    from ganaug.cli import main
+
+    with pytest.raises(ValueError, match="train.batch_size must be an integer >= 1"):
+        load_config(None, ["train.batch_size=0"])
+    cfg = load_config(None, ["data.train_images=0:2", "data.val_images=4:4"])
+    with pytest.raises(ValueError, match=r"data.val_images='4:4' selects no image: .*128"):
+        engine.build_datasets(cfg)
+
+    seen = []
+    monkeypatch.setattr(engine, "_run_cli", lambda args: seen.append(args.opts) or 0)
+    config = str(CONFIGS / "baseline_tiny_coco128.yaml")
+    argv = ["det-train", "--config", config, "a.b=1", "--out-dir", "x", "c.d=2"]
+    assert main(argv) == 0 and seen == [["a.b=1", "c.d=2"]]
+    with pytest.raises(SystemExit):
+        main(["det-train", "--config", config, "--no-such-option"])
+    monkeypatch.undo()
+
+    # --eval-only writes beside the run's results (eval_<weights stem>/), not over them.
+    opts = ["data.val_images=0:2", "model.min_size=96", "model.max_size=128"]
+    cfg = load_config(config, opts)
+    model = build_faster_rcnn(num_classes=80, **cfg["model"])  # coco128 lists 80 categories
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    (tmp_path / "per_class_metrics.json").write_text("{}")  # the training run's
+    argv = ["det-train", "--config", config, "--out-dir", str(tmp_path)]
+    assert main([*argv, "--eval-only", str(tmp_path / "w.pth"), *opts]) == 0
+    assert (tmp_path / "per_class_metrics.json").read_text() == "{}"
+    result = json.loads((tmp_path / "eval_w" / "metrics.json").read_text())
+    assert result["eval"]["num_images"] == 2 and "AP" in result["eval"]
+    assert (tmp_path / "eval_w" / "per_class_metrics.json").is_file()
+
+
+def test_backbone_weights_load_a_torchvision_resnet_state_dict(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    imagenet_like = resnet18(weights=None).state_dict()  # what torchvision ships, fc included
+    torch.save(imagenet_like, tmp_path / "r18.pth")
+    model = build_faster_rcnn(
+        num_classes=3, backbone="resnet18", variant="asdn", backbone_weights=tmp_path / "r18.pth"
+    )
+    body = model.backbone.body.state_dict()
+    for key in ("conv1.weight", "layer4.1.conv2.weight", "layer2.0.bn1.running_var"):
+        assert torch.equal(body[key], imagenet_like[key]), key
+    # The whole-detector loader refuses it, and says what it expects.
+    with pytest.raises(ValueError, match="state dict of the whole detector"):
+        load_weights(model, tmp_path / "r18.pth")
+    # A file for another network is refused naming it.
+    torch.save(build_faster_rcnn(num_classes=3, **TINY).state_dict(), tmp_path / "tiny.pth")
+    with pytest.raises(ValueError, match=r"backbone weights .*tiny.pth do not fit"):
+        build_faster_rcnn(
+            num_classes=3, backbone="resnet18", backbone_weights=tmp_path / "tiny.pth"
+        )

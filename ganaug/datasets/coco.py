@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -105,6 +106,7 @@ class CocoDetectionDataset(Dataset):
             "degenerate": [],
             "unknown_category": [],
             "unknown_image": [],
+            "non_finite": [],
         }
         for ann in data["annotations"]:
             try:
@@ -118,6 +120,10 @@ class CocoDetectionDataset(Dataset):
                 ) from err
             if img is None:
                 problems["unknown_image"].append(ann.get("id"))
+                continue
+            if not all(math.isfinite(v) for v in (x, y, w, h)):
+                # JSON writers emit NaN/Infinity; such a box would make the loss NaN.
+                problems["non_finite"].append(ann.get("id"))
                 continue
             if cat not in self.cat_to_label:
                 problems["unknown_category"].append(ann.get("id"))
@@ -182,6 +188,7 @@ class CocoDetectionDataset(Dataset):
             "degenerate": f"boxes with a side < {min_box_side} px after clipping, dropped",
             "unknown_category": "annotations with a category_id not in 'categories', dropped",
             "unknown_image": "annotations with an image_id not in 'images', dropped",
+            "non_finite": "boxes with a NaN or infinite coordinate, dropped",
         }
         for kind, ids in problems.items():
             if ids:

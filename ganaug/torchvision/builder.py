@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections import OrderedDict
 
 import torch
@@ -135,6 +136,7 @@ def build_faster_rcnn(
     adversary_chunk_size: int = 64,
     adversary_checkpoint: bool | str = False,
     weights: str | os.PathLike | None = None,
+    backbone_weights: str | os.PathLike | None = None,
 ) -> GanaugFasterRCNN:
     """Faster R-CNN (FPN) with the baseline or a ganaug ROI head, randomly initialised.
 
@@ -168,6 +170,10 @@ def build_faster_rcnn(
             target) and recomputing them costs time.
         weights: path of a state dict saved from a model of the same configuration (a
             ganaug checkpoint's ``"model"`` entry is accepted too).
+        backbone_weights: path of pretrained weights for the backbone's body only, e.g.
+            torchvision's ImageNet ``resnet50`` state dict saved with ``torch.save`` (its
+            classifier ``fc.*`` is ignored); the FPN and the heads stay randomly
+            initialised. Applied before ``weights``.
 
     The remaining arguments are forwarded to the ganaug heads (see
     :class:`~ganaug.torchvision.roi_heads.GanaugRoIHeads`).
@@ -176,6 +182,27 @@ def build_faster_rcnn(
         raise ValueError(f"build_faster_rcnn: variant must be one of {VARIANTS}, got {variant!r}")
     if num_classes < 1:
         raise ValueError(f"build_faster_rcnn: num_classes must be >= 1, got {num_classes}")
+    for name, value in (
+        ("asdn_hidden", asdn_hidden),
+        ("astn_hidden", astn_hidden),
+        ("pgan_gen_hidden", pgan_gen_hidden),
+    ):
+        # None means the default width; 0 or a negative width is a mistake, not "default".
+        bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
+        if value is not None and bad:
+            raise ValueError(
+                f"build_faster_rcnn: {name} must be a positive integer or null (default), "
+                f"got {value!r}"
+            )
+    if not 0.0 <= float(asdn_drop_fraction) <= 1.0:
+        raise ValueError(
+            f"build_faster_rcnn: asdn_drop_fraction must be in [0, 1], got {asdn_drop_fraction}"
+        )
+    if asdn_stage1_iters < 0 or asdn_stage1_max_rois < 1:
+        raise ValueError(
+            "build_faster_rcnn: expected asdn_stage1_iters >= 0 and asdn_stage1_max_rois >= 1, "
+            f"got {asdn_stage1_iters} and {asdn_stage1_max_rois}"
+        )
     if backbone == "tiny":
         body = TinyFPNBackbone(out_channels=fpn_channels)
     elif backbone in ("resnet18", "resnet50"):
@@ -223,7 +250,7 @@ def build_faster_rcnn(
                 # A quarter of the ROI width keeps the generator cheap: it runs on every
                 # small proposal at inference too (hundreds per image), see
                 # docs/readme/detection.md.
-                gen_hidden=pgan_gen_hidden or max(channels // 4, 1),
+                gen_hidden=max(channels // 4, 1) if pgan_gen_hidden is None else pgan_gen_hidden,
             )
             kwargs["pgan_adv_weight"] = pgan_adv_weight
             if pgan_fine:
@@ -245,7 +272,7 @@ def build_faster_rcnn(
             kwargs.update(
                 asdn=ASDN(
                     in_channels=channels,
-                    hidden_channels=asdn_hidden or adv_hidden,
+                    hidden_channels=asdn_hidden if asdn_hidden is not None else adv_hidden,
                     chunk_size=adversary_chunk_size,
                     checkpoint=ckpt_asdn,
                 ),
@@ -259,30 +286,39 @@ def build_faster_rcnn(
                 in_channels=channels,
                 num_groups=astn_groups,
                 max_angle=astn_max_angle,
-                hidden_channels=astn_hidden or adv_hidden,
+                hidden_channels=astn_hidden if astn_hidden is not None else adv_hidden,
                 loc_chunk_size=adversary_chunk_size,
                 loc_checkpoint=ckpt_astn,
             )
         model.roi_heads = GanaugRoIHeads.from_roi_heads(model.roi_heads, **kwargs)
 
+    if backbone_weights is not None:
+        load_backbone_weights(model, backbone_weights)
     if weights is not None:
         load_weights(model, weights)
     return model
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a state dict (or a ganaug checkpoint's ``model`` entry) from ``path``."""
+    """Load a state dict (or a ganaug checkpoint's ``model`` entry) from ``path``.
+
+    The state dict must come from a model of the same configuration (e.g. a ganaug
+    checkpoint); a backbone-only state dict (such as torchvision's ImageNet ResNet) does
+    not fit: its keys lack the ``backbone.body.`` prefix, and the error says so.
+    """
+    state = read_state_dict(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"weights file {path} not found") from err
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # same keys, other shapes: another model configuration
+        raise ValueError(
+            f"weights {path} do not fit this model (another configuration?): "
+            f"{str(err).splitlines()[-1].strip()}"
+        ) from err
     if unexpected or (missing and len(missing) == len(model.state_dict())):
         raise ValueError(
             f"weights {path} do not fit this model: {len(unexpected)} unexpected keys "
-            f"(e.g. {unexpected[:3]}), {len(missing)} missing (e.g. {missing[:3]})"
+            f"(e.g. {unexpected[:3]}), {len(missing)} missing (e.g. {missing[:3]}); a state "
+            "dict of the whole detector (or a ganaug checkpoint) is expected"
         )
     if missing:
         logger.info(
@@ -291,6 +327,63 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
             len(missing),
             missing[:3],
         )
+
+
+def load_backbone_weights(model: GanaugFasterRCNN, path: str | os.PathLike) -> None:
+    """Load pretrained weights into the backbone's body (ResNet: ``backbone.body``).
+
+    Every body parameter and buffer must be in the file; a classifier (``fc.*``) is
+    ignored, any other extra key is an error (the file is for another network).
+    """
+    state = read_state_dict(path)
+    body = getattr(model.backbone, "body", None)
+    if body is None:  # the tiny backbone: stem + stages (its FPN stays random)
+        body = model.backbone
+        state = {k: v for k, v in state.items() if not k.startswith("fpn.")}
+        wanted = {k for k in body.state_dict() if not k.startswith("fpn.")}
+    else:
+        wanted = set(body.state_dict())
+    try:
+        missing, unexpected = body.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ValueError(
+            f"backbone weights {path} do not fit this backbone: {str(err).splitlines()[-1].strip()}"
+        ) from err
+    missing = [k for k in missing if k in wanted]
+    unexpected = [k for k in unexpected if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"backbone weights {path} do not fit this backbone: {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    logger.info("backbone weights loaded from %s (%d tensors)", path, len(wanted))
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """The state dict in ``path`` (a ganaug checkpoint's ``model`` entry, or a plain one).
+
+    Raises ``FileNotFoundError`` or ``ValueError`` naming the file when it is missing, is
+    not a PyTorch file, or holds no state dict.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"weights file {path} not found") from err
+    except IsADirectoryError as err:
+        raise ValueError(f"weights {path} is a directory, not a weights file") from err
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"weights {path}: not a PyTorch state dict or ganaug checkpoint ({first})"
+        ) from err
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(
+            f"weights {path}: expected a state dict (parameter name -> tensor), got "
+            f"{type(state).__name__}"
+        )
+    return state
 
 
 def _adversary_ids(model: nn.Module) -> set[int]:

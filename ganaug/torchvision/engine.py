@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import time
@@ -149,6 +150,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
                 f"config: unknown keys {sorted(unknown)} in {section!r}; "
                 f"known: {sorted(DEFAULTS[section])}"
             )
+    for key in ("batch_size", "eval_batch_size"):
+        value = cfg["train"][key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config {path}: train.{key} must be an integer >= 1, got {value!r}")
+    if not isinstance(cfg["train"]["iters"], int) or cfg["train"]["iters"] < 0:
+        raise ValueError(
+            f"config {path}: train.iters must be an integer >= 0, got {cfg['train']['iters']!r}"
+        )
     return cfg
 
 
@@ -174,10 +183,17 @@ def build_datasets(cfg: dict) -> tuple[CocoDetectionDataset, CocoDetectionDatase
     data = cfg["data"]
     root = dataset_dir(data["dataset"], data.get("data_root"))
     full = CocoDetectionDataset.from_root(root, split=data["split"])
-    train_ids = _select_ids(full.ids, data["train_images"])
-    val_spec = data["val_images"] if data["val_images"] is not None else data["train_images"]
-    val_ids = _select_ids(full.ids, val_spec)
-    return full.subset(train_ids), full.subset(val_ids)
+    val_key = "val_images" if data["val_images"] is not None else "train_images"
+    selected = []
+    for key in ("train_images", val_key):
+        ids = _select_ids(full.ids, data[key])
+        if not ids:
+            raise ValueError(
+                f"data.{key}={data[key]!r} selects no image: {full.ann_file} has "
+                f"{len(full.ids)} images of split {data['split']!r}"
+            )
+        selected.append(ids)
+    return full.subset(selected[0]), full.subset(selected[1])
 
 
 def _seed_all(seed: int) -> torch.Generator:
@@ -247,7 +263,22 @@ def load_checkpoint(path, *, model, opt=None, adv_opt=None, sched=None) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"checkpoint {path} not found") from err
-    model.load_state_dict(state["model"])
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"checkpoint {path}: not a ganaug checkpoint ({first})") from err
+    if not isinstance(state, dict) or not {"model", "optimizer", "iteration"} <= set(state):
+        raise ValueError(
+            f"checkpoint {path}: not a ganaug det-train checkpoint (expected a dict with "
+            "'model', 'optimizer', 'iteration', ...)"
+        )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise ValueError(
+            f"checkpoint {path} does not fit this config's model (another variant or "
+            f"configuration?): {' '.join(lines[1:3])[:300]}"
+        ) from err
     if opt is not None:
         opt.load_state_dict(state["optimizer"])
     if adv_opt is not None:
@@ -495,8 +526,17 @@ def _run_cli(args) -> int:
             num_classes=val_ds.num_classes, weights=args.eval_only, **cfg["model"]
         )
         ev = evaluate(model, val_ds, batch_size=int(cfg["train"]["eval_batch_size"]))
-        path = write_per_class_metrics(cfg["out_dir"], ev, run=Path(cfg["out_dir"]).name)
-        logger.info("AP %.2f AP50 %.2f -> %s", ev["AP"], ev["AP50"], path)
+        # Beside the training run's own results, not over them: eval_<weights file stem>/.
+        eval_dir = Path(cfg["out_dir"]) / f"eval_{Path(args.eval_only).stem}"
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        write_per_class_metrics(eval_dir, ev, run=eval_dir.name)
+        tmp = eval_dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps({"weights": str(args.eval_only), "eval": ev}, default=float))
+        os.replace(tmp, eval_dir / "metrics.json")
+        logger.info(
+            "eval of %s on %d images: AP %.2f AP50 %.2f APs %.2f -> %s",
+            args.eval_only, ev["num_images"], ev["AP"], ev["AP50"], ev["APs"], eval_dir,
+        )  # fmt: skip
         return 0
     train(cfg, resume=args.resume)
     return 0
