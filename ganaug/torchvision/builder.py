@@ -373,6 +373,9 @@ def read_state_dict(path: str | os.PathLike) -> dict:
         raise ValueError(f"weights {path} is a directory, not a weights file") from err
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "Weights only load failed" in first:
+            # torch's own text suggests weights_only=False, i.e. running the file's code.
+            first = "it holds more than tensors and plain containers, or is not a torch file"
         raise ValueError(
             f"weights {path}: not a PyTorch state dict or ganaug checkpoint ({first})"
         ) from err
