@@ -93,8 +93,14 @@ def main(argv=None) -> int:
                 cfg["out_dir"] = str(out_dir)
                 result = train(cfg)
             runs.append({"variant": variant, "seed": seed, **result})
-            # Rewrite the summary after every run, so a campaign cut short still reports.
-            _summarise(runs, args)
+            if not args.summary_only:
+                # Rewrite the summary after every run, so a campaign cut short still reports.
+                _summarise(runs, args)
+    if args.summary_only:
+        if not runs:
+            logger.error("no finished run under %s for seeds %s", args.out, args.seeds)
+            return 1
+        _summarise(runs, args)
     return 0
 
 
