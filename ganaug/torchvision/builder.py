@@ -359,26 +359,38 @@ def load_backbone_weights(model: GanaugFasterRCNN, path: str | os.PathLike) -> N
     logger.info("backbone weights loaded from %s (%d tensors)", path, len(wanted))
 
 
+def load_torch_file(
+    path: str | os.PathLike, *, what: str, expected: str, weights_only: bool = True
+):
+    """``torch.load`` on CPU whose failures name the file: ``FileNotFoundError``, or a
+    ``ValueError`` for a directory, an empty, truncated or non-PyTorch file.
+
+    ``what`` names the file in messages ("weights", "checkpoint"), ``expected`` what it
+    should have been ("a ganaug checkpoint").
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{what} file {path} not found") from err
+    except IsADirectoryError as err:
+        raise ValueError(f"{what} {path} is a directory, not a file") from err
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "Weights only load failed" in first:
+            # torch's own text suggests weights_only=False, i.e. running the file's code.
+            first = "it holds more than tensors and plain containers, or is not a torch file"
+        raise ValueError(f"{what} {path}: not {expected} ({first})") from err
+
+
 def read_state_dict(path: str | os.PathLike) -> dict:
     """The state dict in ``path`` (a ganaug checkpoint's ``model`` entry, or a plain one).
 
     Raises ``FileNotFoundError`` or ``ValueError`` naming the file when it is missing, is
     not a PyTorch file, or holds no state dict.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"weights file {path} not found") from err
-    except IsADirectoryError as err:
-        raise ValueError(f"weights {path} is a directory, not a weights file") from err
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "Weights only load failed" in first:
-            # torch's own text suggests weights_only=False, i.e. running the file's code.
-            first = "it holds more than tensors and plain containers, or is not a torch file"
-        raise ValueError(
-            f"weights {path}: not a PyTorch state dict or ganaug checkpoint ({first})"
-        ) from err
+    state = load_torch_file(
+        path, what="weights", expected="a PyTorch state dict or ganaug checkpoint"
+    )
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):

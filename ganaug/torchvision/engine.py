@@ -21,7 +21,6 @@ import inspect
 import json
 import logging
 import os
-import pickle
 import random
 import re
 import time
@@ -36,7 +35,12 @@ from ganaug.data_root import dataset_dir
 from ganaug.datasets.coco import CocoDetectionDataset, collate_detection
 from ganaug.evaluation.coco_eval import evaluate_coco_boxes, write_per_class_metrics
 
-from .builder import adversary_parameters, build_faster_rcnn, detector_parameters
+from .builder import (
+    adversary_parameters,
+    build_faster_rcnn,
+    detector_parameters,
+    load_torch_file,
+)
 from .roi_heads import AUX_PREFIX, GanaugRoIHeads
 
 __all__ = [
@@ -259,13 +263,9 @@ def _numpy_state_plain() -> tuple:
 
 def load_checkpoint(path, *, model, opt=None, adv_opt=None, sched=None) -> dict:
     """Restore what :func:`save_checkpoint` wrote; returns the checkpoint dict."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"checkpoint {path} not found") from err
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"checkpoint {path}: not a ganaug checkpoint ({first})") from err
+    state = load_torch_file(
+        path, what="checkpoint", expected="a ganaug checkpoint", weights_only=False
+    )
     if not isinstance(state, dict) or not {"model", "optimizer", "iteration"} <= set(state):
         raise ValueError(
             f"checkpoint {path}: not a ganaug det-train checkpoint (expected a dict with "
