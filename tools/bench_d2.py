@@ -39,7 +39,7 @@ import copy
 import json
 import logging
 import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -49,6 +49,7 @@ from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
 import ganaug.detectron2 as gd
+from ganaug.benchmark import fastest_run, peak_bytes, ratio_of_totals, rotated
 
 logger = logging.getLogger("bench_d2")
 
@@ -117,34 +118,6 @@ def _cfg(model: str, suffix: str, extra: list, args, device: str):
         ]  # fmt: skip
     cfg.merge_from_list(opts)
     return cfg
-
-
-def _peak_cpu_bytes(fn) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]"
-    )
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
-
-
-def _peak_bytes(fn, device: torch.device) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    return _peak_cpu_bytes(fn)
 
 
 def _small_share(model, fn) -> list[int] | None:
@@ -226,10 +199,6 @@ def bench_model(model_name: str, args, device: torch.device) -> list[dict]:
         with torch.no_grad():
             model(inputs)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     names = list(runs)
     wall = {k: {n: [] for n in names} for k in ("train", "infer")}
     cpu = {k: {n: [] for n in names} for k in ("train", "infer")}
@@ -241,20 +210,10 @@ def bench_model(model_name: str, args, device: torch.device) -> list[dict]:
     with EventStorage(0) as storage:
         for kind, fn in phases:
             for r in range(n_batches):
-                # Each round starts at a different head, so that whatever the position in
-                # a round costs falls on every head alike.
-                k = r % len(names)
-                for name in names[k:] + names[:k]:
-                    # The fastest of --repeats runs on the same batch: other work on the
-                    # machine and OpenMP's spinning only ever add time.
-                    best_t = best_c = float("inf")
-                    for _ in range(args.repeats):
-                        sync()
-                        t0, c0 = time.perf_counter(), time.process_time()
-                        fn(name, r)
-                        sync()
-                        best_t = min(best_t, time.perf_counter() - t0)
-                        best_c = min(best_c, time.process_time() - c0)
+                for name in rotated(names, r):
+                    best_t, best_c = fastest_run(
+                        partial(fn, name, r), repeats=args.repeats, device=device
+                    )
                     if r:  # round 0 warms up
                         wall[kind][name].append(best_t)
                         cpu[kind][name].append(best_c)
@@ -262,7 +221,7 @@ def bench_model(model_name: str, args, device: torch.device) -> list[dict]:
                 logger.info("%s %s: round %d/%d done", model_name, kind, r, n_batches - 1)
         small_share = {n: _small_share(runs[n][0], lambda n=n: infer(n, 0)) for n in names}
         if not args.infer_only:
-            peak = {n: _peak_bytes(lambda n=n: step(n, 0), device) for n in names}
+            peak = {n: peak_bytes(lambda n=n: step(n, 0), device) for n in names}
 
     timing = cpu if device.type == "cpu" else wall
     med = statistics.median
@@ -274,7 +233,7 @@ def bench_model(model_name: str, args, device: torch.device) -> list[dict]:
             "infer_cpu_s": med(cpu["infer"][name]),
             "infer_wall_s": med(wall["infer"][name]),
             # Totals over the rounds (the same batches for every head), head / baseline.
-            "infer_ratio": sum(timing["infer"][name]) / sum(timing["infer"][names[0]]),
+            "infer_ratio": ratio_of_totals(timing["infer"][name], timing["infer"][names[0]]),
             "infer_ratio_rounds": [
                 a / b for a, b in zip(timing["infer"][name], timing["infer"][names[0]])
             ],
@@ -287,7 +246,9 @@ def bench_model(model_name: str, args, device: torch.device) -> list[dict]:
                 {
                     "train_step_cpu_s": med(cpu["train"][name]),
                     "train_step_wall_s": med(wall["train"][name]),
-                    "train_ratio": sum(timing["train"][name]) / sum(timing["train"][names[0]]),
+                    "train_ratio": ratio_of_totals(
+                        timing["train"][name], timing["train"][names[0]]
+                    ),
                     "train_ratio_rounds": [
                         a / b for a, b in zip(timing["train"][name], timing["train"][names[0]])
                     ],

@@ -35,15 +35,15 @@ Example::
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import logging
 import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from ganaug.benchmark import fastest_run, peak_bytes, ratio_of_totals, rotated
 from ganaug.data_root import dataset_dir
 from ganaug.datasets.coco import CocoDetectionDataset, collate_detection
 from ganaug.torchvision import build_faster_rcnn
@@ -96,68 +96,6 @@ ROWS = [
 
 #: The rows that use the builder's default settings.
 DEFAULT_ROWS = ("baseline", "pgan", "asdn (stage 2)", "astn", "asdn+astn (stage 2)")
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_cpu_bytes(fn, breakdown: list | None = None) -> int:
-    """Peak of live tensor bytes during ``fn`` from the profiler's allocation events.
-
-    With ``breakdown`` (a list), appends the ATen ops with the highest live memory while
-    they ran, as ``(peak MB, live MB before the op, op name, input shapes)``: where the
-    peak is reached and what the op adds.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(
-        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=breakdown is not None
-    ) as prof:
-        fn()
-    kineto = list(prof.profiler.kineto_results.events())
-    events = sorted((e.start_ns(), e.nbytes()) for e in kineto if e.name() == "[memory]")
-    live = peak = 0
-    times, lives = [], []
-    for t, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-        times.append(t)
-        lives.append(live)
-    if breakdown is not None and times:
-        rows = []
-        for e in kineto:
-            name = e.name()
-            if name == "[memory]" or not e.duration_ns():
-                continue
-            a = bisect.bisect_left(times, e.start_ns())
-            b = bisect.bisect_right(times, e.start_ns() + e.duration_ns())
-            before = lives[a - 1] if a else 0
-            top = max(lives[a:b], default=before)
-            rows.append((top / 2**20, before / 2**20, e.duration_ns(), name, str(e.shapes()[:3])))
-        # Highest peak first; among ops spanning the same peak, the innermost first.
-        rows.sort(key=lambda r: (-r[0], r[2]))
-        rows = [(a, b, name, shapes) for a, b, _, name, shapes in rows]
-        # Nested ops repeat the same peak: keep the first (outermost-looking) of each.
-        seen = set()
-        for row in rows:
-            key = (round(row[0], 2), row[3])
-            if key not in seen:
-                seen.add(key)
-                breakdown.append(row)
-            if len(breakdown) == 6:
-                break
-    return peak
-
-
-def _peak_bytes(fn, device, breakdown: list | None = None) -> int:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        return torch.cuda.max_memory_allocated(device) - base
-    return _peak_cpu_bytes(fn, breakdown)
 
 
 def _load_batches(args, n_batches: int, device):
@@ -237,38 +175,22 @@ def bench(model_kwargs: dict, args, device) -> dict:
         for name in models:
             step(name, 0)
 
+    def timed(fn, name, r, wall, cpu):
+        best_wall, best_cpu = fastest_run(partial(fn, name, r), repeats=args.repeats, device=device)
+        if r:  # round 0 warms up
+            wall[name].append(best_wall)
+            cpu[name].append(best_cpu)
+
     # Inference first, before any training step: every model still has the same detector
     # weights (PGAN's generator is the identity it starts as), so all send the same
     # proposals and detections to NMS and the ratio is the head's own extra work. Timed
     # after training, the variants' detectors would have drifted apart and their different
     # proposals would change NMS and post-processing work by chance.
-    def timed(fn, name, r, wall, cpu):
-        # The fastest of --repeats runs on the same batch: other work on the machine and
-        # OpenMP's spinning only ever add time, so the minimum is the least disturbed.
-        best_t = best_c = float("inf")
-        for _ in range(args.repeats):
-            _sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn(name, r)
-            _sync(device)
-            best_t = min(best_t, time.perf_counter() - t0)
-            best_c = min(best_c, time.process_time() - c0)
-        if r:  # round 0 warms up
-            wall[name].append(best_t)
-            cpu[name].append(best_c)
-
-    def order(r):
-        # Round r starts at a different row: whatever the position in a round costs
-        # (caches, the allocator after another model's step) falls on every row alike.
-        names = list(models)
-        k = r % len(names)
-        return names[k:] + names[:k]
-
     for r in range(0 if args.mem_only or args.no_infer else n_batches):
-        for name in order(r):
+        for name in rotated(models, r):
             timed(infer, name, r, infer_t, infer_c)
     for r in range(0 if args.mem_only else n_batches):
-        for name in order(r):
+        for name in rotated(models, r):
             timed(step, name, r, train_t, train_c)
         logger.info("round %d/%d done", r, n_batches - 1)
 
@@ -281,7 +203,7 @@ def bench(model_kwargs: dict, args, device) -> dict:
         for b in mem_batches:
             rows = [] if args.breakdown and b == 0 and device.type == "cpu" else None
             free_grads(name)
-            values.append(_peak_bytes(lambda n=name, b=b: step(n, b), device, rows))
+            values.append(peak_bytes(lambda n=name, b=b: step(n, b), device, rows))
             if rows is not None:
                 breakdowns[name] = rows
                 logger.info(
@@ -296,10 +218,6 @@ def bench(model_kwargs: dict, args, device) -> dict:
     train_r, infer_r = (train_c, infer_c) if on_cpu else (train_t, infer_t)
     nan = float("nan")
 
-    def ratio(values, base):
-        # Total over the rounds (the same batches for every row), variant / baseline.
-        return sum(values) / sum(base) if values else nan
-
     def med(values):
         return statistics.median(values) if values else nan
 
@@ -310,12 +228,12 @@ def bench(model_kwargs: dict, args, device) -> dict:
                 "variant": name,
                 "train_step_wall_s": med(train_t[name]),
                 "train_step_cpu_s": med(train_c[name]),
-                "train_ratio": ratio(train_r[name], train_r["baseline"]),
+                "train_ratio": ratio_of_totals(train_r[name], train_r["baseline"]),
                 "peak_mem_mb": peak[name] / 2**20,
                 "mem_ratio": peak[name] / peak["baseline"],
                 "infer_wall_s": med(infer_t[name]) if infer_t[name] else nan,
                 "infer_cpu_s": med(infer_c[name]) if infer_c[name] else nan,
-                "infer_ratio": ratio(infer_r[name], infer_r["baseline"]),
+                "infer_ratio": ratio_of_totals(infer_r[name], infer_r["baseline"]),
             }
         )
     kind = "CPU s" if on_cpu else "s"
