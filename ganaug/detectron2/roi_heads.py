@@ -264,7 +264,7 @@ class PerceptualGANROIHeads(_GanaugHeadMixin, StandardROIHeads):
 
         Shape:
             - output: two ``(N, C, S, S)`` and ``(N,)`` bool, N = all proposals; at
-              inference the first is None (the stack was enhanced in place)
+              inference without autograd both are the same tensor (enhanced in place)
         """
         feats = [features[f] for f in self.box_in_features]
         pooled = self.box_pooler(feats, proposal_boxes)
@@ -276,11 +276,9 @@ class PerceptualGANROIHeads(_GanaugHeadMixin, StandardROIHeads):
             counts = [len(b) for b in proposal_boxes]
             small_boxes = [b[m] for b, m in zip(proposal_boxes, small.split(counts))]
             fine = self.fine_pooler([features[self.fine_feature]], small_boxes)
-        if self.training:
-            return pooled, self.pgan.enhance(pooled, small, fine), small
         # Inference: nothing else reads the pooled stack, the generated rows go into it.
-        enhanced = self.pgan.enhance(pooled, small, fine, inplace=not torch.is_grad_enabled())
-        return None, enhanced, small
+        inplace = not self.training and not torch.is_grad_enabled()
+        return pooled, self.pgan.enhance(pooled, small, fine, inplace=inplace), small
 
     def _forward_box(self, features, proposals):
         proposal_boxes = [p.proposal_boxes for p in proposals]
