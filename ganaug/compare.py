@@ -20,12 +20,12 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ganaug.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -428,17 +428,6 @@ def _counts_from(spec: str) -> dict[str, int]:
     ]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    # mkstemp creates 0600; give the file the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "compare",
@@ -483,8 +472,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "compare.json", json.dumps(result, indent=1) + "\n")
-    _write_atomic(out / "compare.md", format_table(result, markdown=True) + "\n")
+    write_text_atomic(out / "compare.json", json.dumps(result, indent=1) + "\n")
+    write_text_atomic(out / "compare.md", format_table(result, markdown=True) + "\n")
     written = [out / "compare.json", out / "compare.md"]
     if not args.no_plot:
         written.append(plot_deltas(result, out / "compare.png"))

@@ -20,6 +20,8 @@ import os.path as osp
 import time
 from pathlib import Path
 
+from ganaug.atomic import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = {
     "baseline": "configs/adv_seg/fcn_unet-s4_1xb8-600it_camvid-120x160.py",
@@ -170,13 +172,6 @@ def plot(summary: dict, names: list[str], path: str) -> None:
     plt.close(fig)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _finished_run(work_dir: str, config: str, seed: int, max_iters: int | None) -> dict | None:
     """The stored result of an identical earlier run in ``work_dir``, if there is one."""
     path = osp.join(work_dir, "per_class_metrics.json")
@@ -237,7 +232,8 @@ def run_comparison(
             )
             res["class_counts"] = class_counts
             # Re-write the run's JSON with the training-set class counts for `ganaug compare`.
-            _write_atomic(osp.join(work_dir, "per_class_metrics.json"), json.dumps(res, indent=2))
+            out = osp.join(work_dir, "per_class_metrics.json")
+            write_text_atomic(out, json.dumps(res, indent=2))
             results[name].append(res)
 
     names = list(configs)
@@ -245,8 +241,8 @@ def run_comparison(
     summary["configs"] = configs
     summary["class_counts"] = class_counts
     md = to_markdown(summary, names)
-    _write_atomic(osp.join(out_dir, "comparison.json"), json.dumps(summary, indent=2))
-    _write_atomic(osp.join(out_dir, "comparison.md"), md + "\n")
+    write_text_atomic(osp.join(out_dir, "comparison.json"), json.dumps(summary, indent=2))
+    write_text_atomic(osp.join(out_dir, "comparison.md"), md + "\n")
     plot(summary, names, osp.join(out_dir, "comparison.png"))
     print_log("[ganaug] per-class val IoU (%), rarest class first:\n" + md, logger="current")
     print_log(f"[ganaug] wrote comparison.md/.json/.png to {out_dir}", logger="current")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 
+from ganaug.atomic import write_text_atomic
 from ganaug.classification.data import (
     ImageSet,
     load_fashion_mnist_lt,
@@ -188,16 +189,10 @@ def run_comparison(cfg: dict, *, output_dir: str | os.PathLike | None = None) ->
             gan=gan_info,
             config=cfg,
         )
-        _write_atomic(out / "results.json", json.dumps(results, indent=1, default=str))
-        _write_atomic(out / "results.md", format_table(results))
+        write_text_atomic(out / "results.json", json.dumps(results, indent=1, default=str))
+        write_text_atomic(out / "results.md", format_table(results))
     logger.info("results in %s\n%s", out, format_table(results))
     return results
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _gan_oversample(train, plain_model, gcfg_dict, ocfg, *, seed, device, out, cfg):

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ganaug.atomic import write_text_atomic
+
 
 def confusion_matrix(targets: Tensor, preds: Tensor, *, num_classes: int) -> Tensor:
     """Counts ``cm[i, j]`` of true class ``i`` predicted as ``j``.
@@ -117,9 +119,4 @@ def write_per_class_metrics(
     }
     if class_counts is not None:
         doc["class_counts"] = {k: int(v) for k, v in class_counts.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(doc, indent=2))

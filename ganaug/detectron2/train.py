@@ -29,6 +29,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
+from ganaug.atomic import write_text_atomic
+
 from .data import class_counts
 from .hooks import AdversaryOptimizerHook, attach_to_inner_trainer, find_adversaries
 from .roi_heads import track_original_sizes
@@ -72,11 +74,7 @@ def per_class_metrics(
 def write_per_class_metrics(path: str | os.PathLike, record: dict) -> None:
     """Write ``record`` as JSON atomically (temp file + rename)."""
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True))
 
 
 class GanaugTrainer(DefaultTrainer):

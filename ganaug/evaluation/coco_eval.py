@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ganaug.atomic import write_text_atomic
+
 __all__ = ["evaluate_coco_boxes", "write_per_class_metrics"]
 
 logger = logging.getLogger(__name__)
@@ -177,7 +179,4 @@ def write_per_class_metrics(
     }
     if class_counts is not None:
         payload["class_counts"] = class_counts
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(payload, indent=2))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
+
+from ganaug.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -210,17 +210,6 @@ def format_markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    # mkstemp creates 0600; give the file the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 def write_plots(report: dict, out_dir: Path) -> list[Path]:
     """PNG plots of the distributions; returns the files written."""
     import matplotlib
@@ -301,8 +290,8 @@ def write_report(report: dict, out_dir: str | Path, *, plots: bool = True) -> di
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
-    _atomic_write(paths["json"], json.dumps(report, indent=1, allow_nan=False) + "\n")
-    _atomic_write(paths["markdown"], format_markdown(report))
+    write_text_atomic(paths["json"], json.dumps(report, indent=1, allow_nan=False) + "\n")
+    write_text_atomic(paths["markdown"], format_markdown(report))
     if plots:
         for p in write_plots(report, out_dir):
             paths[p.stem] = p

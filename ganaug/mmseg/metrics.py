@@ -11,6 +11,8 @@ from mmengine.dist import is_main_process
 from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
 
+from ganaug.atomic import write_text_atomic
+
 
 @METRICS.register_module()
 class PerClassIoUMetric(IoUMetric):
@@ -53,8 +55,5 @@ class PerClassIoUMetric(IoUMetric):
                 summary={k: float(v) for k, v in metrics.items() if not k.startswith("IoU.")},
                 run=self.run_name,
             )
-            tmp = self.per_class_json + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(payload, f, indent=2)
-            os.replace(tmp, self.per_class_json)
+            write_text_atomic(self.per_class_json, json.dumps(payload, indent=2))
         return metrics

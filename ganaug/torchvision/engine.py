@@ -31,6 +31,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from ganaug.atomic import write_text_atomic
 from ganaug.data_root import dataset_dir
 from ganaug.datasets.coco import CocoDetectionDataset, collate_detection
 from ganaug.evaluation.coco_eval import evaluate_coco_boxes, write_per_class_metrics
@@ -494,9 +495,7 @@ def train(cfg: dict, *, resume: bool = False) -> dict:
         result["eval_train"] = evaluate(model, train_ds, batch_size=int(tcfg["eval_batch_size"]))
     if int(tcfg["eval_period"]) and result["eval"] is not None:
         _append_history(out_dir, int(tcfg["iters"]), result["eval"], result.get("eval_train"))
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=float))
-    os.replace(tmp, out_dir / "metrics.json")
+    write_text_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, default=float))
     return result
 
 
@@ -530,9 +529,8 @@ def _run_cli(args) -> int:
         eval_dir = Path(cfg["out_dir"]) / f"eval_{Path(args.eval_only).stem}"
         eval_dir.mkdir(parents=True, exist_ok=True)
         write_per_class_metrics(eval_dir, ev, run=eval_dir.name)
-        tmp = eval_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps({"weights": str(args.eval_only), "eval": ev}, default=float))
-        os.replace(tmp, eval_dir / "metrics.json")
+        record = {"weights": str(args.eval_only), "eval": ev}
+        write_text_atomic(eval_dir / "metrics.json", json.dumps(record, default=float))
         logger.info(
             "eval of %s on %d images: AP %.2f AP50 %.2f APs %.2f -> %s",
             args.eval_only, ev["num_images"], ev["AP"], ev["AP50"], ev["APs"], eval_dir,
